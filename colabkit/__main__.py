@@ -1,0 +1,7 @@
+"""``python -m colabkit`` is the ``colabkit`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
