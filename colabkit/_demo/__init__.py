@@ -1,0 +1,1 @@
+"""The sample project that ``colabkit demo`` copies into the local Drive stand-in."""
