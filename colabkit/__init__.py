@@ -56,6 +56,8 @@ _NAMES: dict[str, str] = {
     "ProjectNotFound": "errors",
     "InstallError": "errors",
     "StageError": "errors",
+    "CheckpointError": "errors",
+    "ScriptNotFound": "errors",
     "RunFailed": "errors",
     "CudaOutOfMemory": "errors",
     "ReleaseError": "errors",
@@ -83,6 +85,7 @@ if TYPE_CHECKING:  # pragma: no cover - for IDEs and type checkers only
     from .checkpoint import latest, save
     from .drive import Mount, flush, mount
     from .errors import (
+        CheckpointError,
         ColabkitError,
         ColabkitWarning,
         CudaMismatchError,
@@ -94,6 +97,7 @@ if TYPE_CHECKING:  # pragma: no cover - for IDEs and type checkers only
         ProjectNotFound,
         ReleaseError,
         RunFailed,
+        ScriptNotFound,
         StageError,
     )
     from .gpu import GpuInfo, gpus, require_gpu

@@ -10,6 +10,8 @@ Class tree::
     ├── ProjectNotFound(ColabkitError, FileNotFoundError)
     ├── InstallError(ColabkitError)          pip failed on the project's requirements
     ├── StageError(ColabkitError, OSError)   data could not be staged to local disk
+    ├── CheckpointError(ColabkitError, OSError)  a checkpoint could not be written or read
+    ├── ScriptNotFound(ColabkitError, FileNotFoundError)  run() was given a script that does not exist
     ├── RunFailed(ColabkitError)             the training child exited non-zero
     │   └── CudaOutOfMemory(RunFailed)       ... and it ran out of GPU memory
     └── ReleaseError(ColabkitError)          the runtime could not be given back
@@ -22,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
+    "CheckpointError",
     "ColabkitError",
     "ColabkitWarning",
     "CudaMismatchError",
@@ -33,6 +36,7 @@ __all__ = [
     "ProjectNotFound",
     "ReleaseError",
     "RunFailed",
+    "ScriptNotFound",
     "StageError",
 ]
 
@@ -55,10 +59,13 @@ class GpuError(ColabkitError):
 
 
 class NoGpuError(GpuError, RuntimeError):
-    """No usable NVIDIA GPU; ``hint`` gives the fix for the current runtime."""
+    """No usable NVIDIA GPU; ``hint`` gives the fix for the current runtime, ``reason`` the short cause."""
 
-    def __init__(self, message: str, hint: str | None = None, *, runtime: str | None = None) -> None:
+    def __init__(
+        self, message: str, hint: str | None = None, *, runtime: str | None = None, reason: str | None = None
+    ) -> None:
         self.runtime = runtime
+        self.reason = reason
         super().__init__(message, hint)
 
 
@@ -81,13 +88,20 @@ class CudaMismatchError(GpuError):
 
 
 class MountError(ColabkitError, OSError):
-    """Drive could not be mounted, flushed or used at ``mountpoint``."""
+    """Drive could not be mounted, flushed or used at ``mountpoint``; ``reason`` names the failure."""
 
     def __init__(
-        self, message: str, hint: str | None = None, *, mountpoint: str | Path | None = None, method: str | None = None
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        mountpoint: str | Path | None = None,
+        method: str | None = None,
+        reason: str | None = None,
     ) -> None:
         self.mountpoint = str(mountpoint) if mountpoint is not None else None
         self.method = method
+        self.reason = reason  # short code, e.g. "timeout", "credentials", "not_empty", "not_colab", "dead"
         ColabkitError.__init__(self, message, hint)
 
     def __str__(self) -> str:  # OSError would otherwise print its args tuple
@@ -128,6 +142,28 @@ class StageError(ColabkitError, OSError):
     def __init__(self, message: str, hint: str | None = None, *, needed_bytes: int | None = None, free_bytes: int | None = None) -> None:
         self.needed_bytes = needed_bytes
         self.free_bytes = free_bytes
+        ColabkitError.__init__(self, message, hint)
+
+    def __str__(self) -> str:
+        return ColabkitError.__str__(self)
+
+
+class CheckpointError(ColabkitError, OSError):
+    """A checkpoint at ``path`` could not be written or read."""
+
+    def __init__(self, message: str, hint: str | None = None, *, path: str | Path | None = None) -> None:
+        self.path = str(path) if path is not None else None
+        ColabkitError.__init__(self, message, hint)
+
+    def __str__(self) -> str:
+        return ColabkitError.__str__(self)
+
+
+class ScriptNotFound(ColabkitError, FileNotFoundError):
+    """The script given to ``run()`` does not exist at ``path``."""
+
+    def __init__(self, message: str, hint: str | None = None, *, path: str | Path | None = None) -> None:
+        self.path = str(path) if path is not None else None
         ColabkitError.__init__(self, message, hint)
 
     def __str__(self) -> str:

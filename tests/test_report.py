@@ -1,0 +1,348 @@
+"""colabkit.report: info() and doctor() verdicts on a faked machine root, a scripted NVML and real folders."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import psutil
+import pynvml
+import pytest
+from fakes.nvml import GIB, FakeDevice, FakeNvml
+
+import colabkit
+from colabkit import gpu, report
+
+T4_LINE = "Tesla T4, 15.0 GiB (0.5 GiB used), driver 550.54.15, CUDA 12.4, sm 7.5"
+
+
+def _nvml_loads() -> bool:
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return False
+    pynvml.nvmlShutdown()
+    return True
+
+
+NO_DRIVER = pytest.mark.skipif(_nvml_loads(), reason="this machine has an NVIDIA driver")
+
+
+@pytest.fixture
+def machine(tmp_path, monkeypatch):
+    """A fake machine root: /proc/uptime says 1h02m05s, /content exists."""
+    root = tmp_path / "root"
+    (root / "proc").mkdir(parents=True)
+    (root / "proc" / "uptime").write_text("3725.5 7000.0\n")
+    (root / "content").mkdir()
+    monkeypatch.setenv("COLABKIT_SYSROOT", str(root))
+    return root
+
+
+@pytest.fixture
+def t4():
+    lib = FakeNvml([FakeDevice(used=512 * 1024**2)])
+    with gpu._use_library(lib):
+        yield lib
+
+
+@pytest.fixture
+def drive_module(monkeypatch):
+    """Stand in for colabkit.drive with a scripted find_mount()."""
+    module = types.ModuleType("colabkit.drive")
+    module.find_mount = lambda: None
+    monkeypatch.setitem(sys.modules, "colabkit.drive", module)
+    return module
+
+
+def _mount(root: Path, *, readonly=False, method="local"):
+    return types.SimpleNamespace(method=method, mountpoint=root, root=root, readonly=readonly)
+
+
+# --- info ----------------------------------------------------------------------------------------
+
+
+def test_info_reports_every_part(machine, t4, drive_module, tmp_path):
+    drive_root = tmp_path / "drive"
+    drive_root.mkdir()
+    drive_module.find_mount = lambda: _mount(drive_root)
+    result = colabkit.info()
+    rows = dict(result.rows())
+    assert rows["runtime"] == "terminal, up 1h02m"
+    assert rows["python"].startswith(f"{sys.version_info.major}.{sys.version_info.minor}.")
+    assert rows["gpu 0"] == T4_LINE
+    assert rows["disk"].endswith(f" at {machine / 'content'}")
+    assert rows["drive"] == f"{drive_root} (local, read-write, mounted at {drive_root})"
+    assert rows["cuda"] == "driver supports CUDA 12.4"
+    assert rows["uptime"] == "1h02m"
+    assert result.ram_total == psutil.virtual_memory().total
+    usage = shutil.disk_usage(machine / "content")
+    assert result.disk_total == usage.total
+    assert result.problems == ()
+    lines = str(result).splitlines()
+    assert lines[0] == f"colabkit {colabkit.__version__} info"
+    assert f"  gpu 0    {T4_LINE}" in lines
+    assert repr(result) == str(result)
+
+
+def test_info_on_colab_shows_the_vm_limit(machine, t4, drive_module, monkeypatch):
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20250101-060000_RC00")
+    rows = dict(colabkit.info().rows())
+    assert rows["runtime"] == "Colab (release-colab_20250101-060000_RC00), up 1h02m of ~12h00m"
+    assert rows["uptime"] == "1h02m of ~12h00m (about 10h57m left)"
+    assert rows["drive"] == "not mounted"
+
+
+@NO_DRIVER
+def test_info_without_a_gpu_on_this_machine(machine):
+    result = colabkit.info()
+    assert result.gpus == ()
+    assert (
+        dict(result.rows())["gpu"] == "none: No NVIDIA GPU found (NVML library libnvidia-ml.so.1 not found)."
+    )
+
+
+def test_info_survives_a_broken_drive_module(machine, t4, drive_module):
+    del drive_module.find_mount  # the module without the call: AttributeError is guarded
+    assert dict(colabkit.info().rows())["drive"] == "not mounted"
+
+    def boom():
+        raise RuntimeError("boom")
+
+    drive_module.find_mount = boom
+    result = colabkit.info()
+    assert result.problems == ("drive: RuntimeError: boom",)
+    assert "  problem  drive: RuntimeError: boom" in str(result).splitlines()
+
+
+def test_info_html_is_escaped(machine, drive_module):
+    with gpu._use_library(FakeNvml([FakeDevice(name="<script>alert(1)</script>")])):
+        html = colabkit.info()._repr_html_()
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+# --- doctor --------------------------------------------------------------------------------------
+
+
+def test_doctor_all_good(machine, t4, drive_module, tmp_path):
+    drive_root = tmp_path / "drive"
+    drive_root.mkdir()
+    drive_module.find_mount = lambda: _mount(drive_root)
+    result = colabkit.doctor()
+    assert [(c.name, c.status) for c in result.checks] == [
+        ("gpu", "ok"),
+        ("torch", "ok"),
+        ("drive", "ok"),
+        ("disk", "ok"),
+        ("gpu processes", "ok"),
+        ("ocamlfuse recipe", "ok"),
+        ("vm time", "ok"),
+    ]
+    assert result.ok and result.summary() == "7 ok, 0 warn, 0 fail"
+    assert result["gpu"].detail == T4_LINE
+    assert result["drive"].detail == f"{drive_root} (local, read-write, mounted at {drive_root}), writable"
+    assert list(drive_root.iterdir()) == [], "the write probe left its file behind"
+    lines = str(result).splitlines()
+    assert lines[0] == "colabkit doctor: 7 ok, 0 warn, 0 fail"
+    assert lines[1] == f"  ok    gpu                {T4_LINE}"
+
+
+def test_doctor_without_gpu_fails_with_the_fix(machine, drive_module, monkeypatch):
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20250101-060000_RC00")
+    with gpu._use_library(FakeNvml([])):
+        result = colabkit.doctor()
+    check = result["gpu"]
+    assert (check.status, check.detail) == ("fail", "No NVIDIA GPU on this Colab runtime (NVML sees 0 GPUs).")
+    assert "Runtime → Change runtime type → T4 GPU → Save" in check.fix
+    assert not result.ok and result.failed == (check,)
+    assert result["gpu processes"].detail == "no GPU (nothing to check)"
+    lines = str(result).splitlines()
+    assert "  FAIL  gpu                No NVIDIA GPU on this Colab runtime (NVML sees 0 GPUs)." in lines
+    assert f"        fix: {check.fix}" in lines
+
+
+def test_doctor_names_processes_holding_gpu_memory(machine, drive_module):
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        lib = FakeNvml([FakeDevice(compute=[(child.pid, 3 * GIB)])])
+        with gpu._use_library(lib):
+            check = colabkit.doctor()["gpu processes"]
+    finally:
+        child.stdin.close()
+        child.wait(timeout=10)
+    assert check.status == "warn"
+    assert (
+        check.detail
+        == f"pid {child.pid} on gpu 0 holds 3.0 GiB: {sys.executable} -c import sys; sys.stdin.read()"
+    )
+    assert check.fix.startswith("if one is a leftover of an earlier run, stop it: `kill PID`")
+
+
+def test_doctor_drive_verdicts(machine, t4, drive_module, tmp_path):
+    assert colabkit.doctor()["drive"] == report.Check(
+        "drive", "warn", "Drive is not mounted", "mount it: colabkit.mount() (or colabkit.setup(...))"
+    )
+    drive_module.find_mount = lambda: _mount(tmp_path, readonly=True, method="drive")
+    check = colabkit.doctor()["drive"]
+    assert check.status == "warn" and "read-only, runs cannot save" in check.detail
+    missing = tmp_path / "gone"
+    drive_module.find_mount = lambda: _mount(missing)
+    check = colabkit.doctor()["drive"]
+    assert check.status == "fail"
+    assert check.detail.startswith(f"{missing} (local, read-write, mounted at {missing}): cannot write: ")
+    assert "No such file or directory" in check.detail
+    assert check.fix.startswith("the mount is broken or full: remount with colabkit.mount(force=True)")
+
+
+@pytest.mark.fuse
+def test_doctor_finds_a_mount_that_refuses_writes(machine, t4, drive_module, tmp_path):
+    src, point = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    point.mkdir()
+    subprocess.run(
+        ["bindfs", "-r", "-o", "fsname=drive,subtype=drive", str(src), str(point)], check=True, timeout=30
+    )
+    try:
+        drive_module.find_mount = lambda: _mount(point, method="drive")  # claims read-write
+        check = colabkit.doctor()["drive"]
+    finally:
+        subprocess.run(["fusermount3", "-u", str(point)], check=True, timeout=30)
+    assert check.status == "fail"
+    assert "Read-only file system" in check.detail
+
+
+def test_doctor_disk_thresholds(machine, t4, drive_module, monkeypatch):
+    free = shutil.disk_usage(machine / "content").free
+    monkeypatch.setattr(report, "_DISK_WARN_BYTES", free + 100 * GIB)
+    check = colabkit.doctor()["disk"]
+    assert check.status == "warn" and check.detail.endswith(f" at {machine / 'content'}")
+    assert "du -sh ~/.cache/* | sort -h" in check.fix
+    monkeypatch.setattr(report, "_DISK_FAIL_BYTES", free + 100 * GIB)
+    assert colabkit.doctor()["disk"].status == "fail"
+
+
+def test_a_crashing_check_is_reported_and_doctor_goes_on(machine, t4, drive_module, monkeypatch):
+    def broken(path):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(report.shutil, "disk_usage", broken)
+    result = colabkit.doctor()
+    assert result["disk"] == report.Check(
+        "disk",
+        "fail",
+        "the check itself failed: OSError: [Errno 5] Input/output error",
+        "report this to colabkit with the output of `colabkit info`",
+    )
+    assert len(result.checks) == 7 and result["gpu"].status == "ok"
+    assert colabkit.info().problems == ("disk: OSError: [Errno 5] Input/output error",)
+
+
+def test_doctor_finds_the_dead_ocamlfuse_recipe(machine, t4, drive_module, monkeypatch):
+    lists = machine / "etc" / "apt" / "sources.list.d"
+    lists.mkdir(parents=True)
+    (lists / "alessandro-strada-ubuntu-ppa-jammy.list").write_text(
+        "deb https://ppa.launchpadcontent.net/alessandro-strada/ppa/ubuntu/ jammy main\n"
+    )
+    (lists / "other.list").write_text("deb http://archive.ubuntu.com/ubuntu jammy main\n")
+    dpkg = machine / "var" / "lib" / "dpkg"
+    dpkg.mkdir(parents=True)
+    (dpkg / "status").write_text(
+        "Package: bash\nStatus: install ok installed\n\nPackage: python-software-properties\n"
+    )
+    label = Path.home() / ".gdfuse" / "default"
+    label.mkdir(parents=True)
+    (label / "config").write_text(
+        "client_id=32555940559.apps.googleusercontent.com\nclient_secret=not-a-real-secret-7c1e\n"
+    )
+    monkeypatch.setattr(report, "_installed", lambda dist: dist == "oauth2client")
+    check = colabkit.doctor()["ocamlfuse recipe"]
+    assert check.status == "warn"
+    assert check.detail.startswith(
+        "leftovers of the old google-drive-ocamlfuse recipe: "
+        "apt source for ppa:alessandro-strada in /etc/apt/sources.list.d/alessandro-strada-ubuntu-ppa-jammy.list; "
+        "package python-software-properties (gone from Ubuntu); "
+        "~/.gdfuse/default/config uses Colab's borrowed client id; "
+        "oauth2client (deprecated) is installed. "
+    )
+    assert "stopped working in 2022" in check.detail
+    assert '"The out-of-band (OOB) flow has been blocked"' in check.detail
+    assert "not-a-real-secret" not in str(colabkit.doctor()), "a client secret reached the output"
+    assert check.fix.startswith("mount with colabkit.mount()")
+
+
+def test_own_ocamlfuse_client_id_is_fine_once_authorized(machine, t4, drive_module, monkeypatch):
+    monkeypatch.setattr(report, "_installed", lambda dist: True)  # oauth2client alone is no leftover
+    label = Path.home() / ".gdfuse" / "mine"
+    label.mkdir(parents=True)
+    (label / "config").write_text("client_id=1234-abc.apps.googleusercontent.com\n")
+    (label / "state").write_text("refresh_token=\n")
+    check = colabkit.doctor()["ocamlfuse recipe"]
+    assert check.status == "warn"
+    assert "~/.gdfuse/mine/config has a client id but was never authorized" in check.detail
+    (label / "state").write_text("last_access_token=x\nrefresh_token=1//0abc\n")
+    assert colabkit.doctor()["ocamlfuse recipe"].status == "ok"
+
+
+def test_doctor_warns_near_the_vm_limit(machine, t4, drive_module, monkeypatch):
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20250101-060000_RC00")
+    (machine / "proc" / "uptime").write_text(f"{11.5 * 3600} 1.0\n")
+    check = colabkit.doctor()["vm time"]
+    assert check == report.Check(
+        "vm time",
+        "warn",
+        "up 11h30m of ~12h00m, about 30m00s left",
+        "the VM ends soon: save checkpoints to Drive now (colabkit.save) and call colabkit.flush()",
+    )
+
+
+def test_doctor_torch_check_runs_in_a_child(machine, t4, drive_module, tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    (site / "torch" / "cuda").mkdir(parents=True)
+    (site / "torch" / "__init__.py").write_text("__version__ = '2.3.0+cpu'\nfrom . import version, cuda\n")
+    (site / "torch" / "version.py").write_text("cuda = None\n")
+    (site / "torch" / "cuda" / "__init__.py").write_text("def is_available():\n    return False\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    check = colabkit.doctor()["torch"]
+    assert (check.status, check.detail) == (
+        "fail",
+        "PyTorch 2.3.0+cpu is a CPU-only build: it cannot use the Tesla T4.",
+    )
+    assert "torch" not in sys.modules
+    assert dict(colabkit.info().rows())["torch"] == "torch 2.3.0+cpu (CPU-only build), sees no GPU"
+
+
+def test_doctor_html_is_escaped_and_coloured():
+    result = report.Doctor(
+        (
+            report.Check("gpu", "fail", "<b>lost</b>", "use <Runtime> & retry"),
+            report.Check("disk", "ok", "fine"),
+        )
+    )
+    html = result._repr_html_()
+    assert "<b>lost</b>" not in html and "&lt;b&gt;lost&lt;/b&gt;" in html
+    assert "use &lt;Runtime&gt; &amp; retry" in html
+    assert "FAIL" in html and "#d93025" in html
+    assert "<caption>colabkit doctor: 1 ok, 0 warn, 1 fail</caption>" in html
+
+
+def test_drive_probe_gives_up_on_a_hung_mount(machine, t4, drive_module, tmp_path, monkeypatch):
+    import threading
+
+    release = threading.Event()
+    monkeypatch.setattr(report, "_DRIVE_PROBE_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(report, "_write_probe", lambda root: release.wait(10))
+    drive_module.find_mount = lambda: _mount(tmp_path)
+    started = time.monotonic()
+    check = colabkit.doctor()["drive"]
+    release.set()
+    for t in threading.enumerate():
+        if t.name == "colabkit-doctor-drive":
+            t.join(5)
+    assert time.monotonic() - started < 5
+    assert check.status == "fail" and "did not finish within 0.2 s" in check.detail
