@@ -1,0 +1,184 @@
+"""Thin wrappers over ``google.colab`` (drive, runtime): the only module that imports it, and the one place
+its exceptions become colabkit errors with the fix."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from . import runtime
+from .errors import ColabkitError, MountError, ReleaseError
+
+__all__ = ["drive_flush_and_unmount", "drive_mount", "runtime_unassign"]
+
+_METHODS_OFF_COLAB = (
+    "Here use colabkit.mount('local') (a local folder stands in for Drive) or "
+    "colabkit.mount('ocamlfuse', service_account='key.json') for real Drive access; see docs/drive.md."
+)
+_FAQ = "https://research.google.com/colaboratory/faq.html#drive-timeout"
+
+
+def _import(name: str):  # type: ignore[no-untyped-def]
+    """Import ``google.colab.<name>``; off Colab a MountError that says which methods work here."""
+    try:
+        module = __import__(f"google.colab.{name}", fromlist=[name])
+    except ImportError:
+        rt = runtime.detect()
+        raise MountError(
+            f"google.colab is not importable here ({rt.describe()}), so method='drive' cannot work",
+            _METHODS_OFF_COLAB,
+            method="drive",
+            reason="not_colab",
+        ) from None
+    return module
+
+
+def _entries(mountpoint: str | None, limit: int = 5) -> str:
+    try:
+        names = sorted(os.listdir(mountpoint)) if mountpoint else []
+    except OSError:
+        return "(unreadable)"
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _translate(exc: BaseException, op: str, mountpoint: str | None) -> ColabkitError | None:
+    """The colabkit error for a known google.colab failure, ``None`` for one we do not know."""
+    name = type(exc).__name__
+    text = str(exc)
+    mp = mountpoint or "/content/drive"
+
+    def mount_error(message: str, hint: str, reason: str) -> MountError:
+        return MountError(message, hint, mountpoint=mountpoint, method="drive", reason=reason)
+
+    if isinstance(exc, NotImplementedError) and "Colab Enterprise" in text:
+        return mount_error(
+            "google.colab.drive.mount is refused in Colab Enterprise",
+            "Use colabkit.mount('ocamlfuse', service_account='key.json') with a service account that can read the "
+            "files, or copy the data to a Cloud Storage bucket.",
+            "enterprise",
+        )
+    if isinstance(exc, NotImplementedError) and "unsupported in this environment" in text:
+        return mount_error(
+            f"google.colab.drive.mount works only on a Colab VM, and this is {runtime.detect().describe()}",
+            _METHODS_OFF_COLAB,
+            "not_colab",
+        )
+    if name == "MessageError" and "credential propagation" in text:
+        return mount_error(
+            "Google Drive refused the credentials (credential propagation was unsuccessful)",
+            "Sign in with the same Google account as the notebook (top right of Colab), allow the popup and tick "
+            "every permission it asks for, then run the cell again. For a second account use method='ocamlfuse'.",
+            "credentials",
+        )
+    if name == "RuntimeManagementError":
+        return ReleaseError(
+            f"Colab could not give the runtime back: {text}",
+            "Use Runtime → Disconnect and delete runtime in the Colab menu; your Drive files were already flushed.",
+        )
+    if isinstance(exc, ValueError):
+        if text == "Mountpoint must not contain a space.":
+            return mount_error(
+                f"the mountpoint {mp!r} contains a space, which drive.mount refuses",
+                "Mount at a path without spaces, e.g. colabkit.mount(mountpoint='/content/drive'); 'My Drive' "
+                "inside it is fine.",
+                "space",
+            )
+        if text == "Mountpoint must not already contain files":
+            return mount_error(
+                f"the mountpoint {mp} is not empty: it holds {_entries(mountpoint)}",
+                f"Move those files out of {mp} yourself (colabkit never deletes or moves them), or mount elsewhere: "
+                "colabkit.mount(mountpoint='/content/drive2').",
+                "not_empty",
+            )
+        if text == "Mountpoint must not be a symlink":
+            return mount_error(
+                f"the mountpoint {mp} is a symlink, which drive.mount refuses",
+                f"Remove the link ({mp}) or pass another mountpoint, e.g. mountpoint='/content/drive'.",
+                "symlink",
+            )
+        if text == "Mountpoint must either be a directory or not exist":
+            return mount_error(
+                f"the mountpoint {mp} is a file, not a folder",
+                "Rename that file or pass another mountpoint; the mountpoint must be a folder or not exist yet.",
+                "not_dir",
+            )
+        if text == "Mountpoint must be in a directory that exists":
+            return mount_error(
+                f"the folder that should hold the mountpoint {mp} does not exist",
+                f"Create it first (os.makedirs({os.path.dirname(mp.rstrip('/'))!r})) or mount at /content/drive.",
+                "no_parent",
+            )
+        if text.startswith("mount failed: timeout"):
+            return mount_error(
+                f"Drive did not answer in time while reading the My Drive root at {mp}",
+                "My Drive's root probably holds thousands of items: move them into a few folders at "
+                "drive.google.com, then run the cell again. Restarting the runtime (Runtime → Restart session) "
+                f"also helps. More: {_FAQ}",
+                "timeout",
+            )
+        if text == "mount failed":
+            return mount_error(
+                f"Drive could not be mounted at {mp} (mount failed)",
+                "Run the cell again and answer the sign-in popup within the timeout; if it keeps failing, use "
+                "Runtime → Restart session, then mount again.",
+                "failed",
+            )
+        if text == "flush_and_unmount failed":
+            return mount_error(
+                "Drive could not push pending writes and unmount (flush_and_unmount failed)",
+                "Keep the runtime, wait a minute and call colabkit.flush() again; copy important files "
+                "elsewhere before disconnecting.",
+                "flush",
+            )
+    return None
+
+
+@contextlib.contextmanager
+def _map_colab_errors(op: str, mountpoint: str | Path | None = None) -> Iterator[None]:
+    """Turn every google.colab failure inside the block into the most specific colabkit error."""
+    mp = str(mountpoint) if mountpoint is not None else None
+    try:
+        yield
+    except ColabkitError:
+        raise
+    except Exception as exc:
+        mapped = _translate(exc, op, mp)
+        if mapped is None:
+            cls = ReleaseError if op == "unassign" else MountError
+            kwargs = {} if cls is ReleaseError else {"mountpoint": mp, "method": "drive"}
+            mapped = cls(
+                f"google.colab {op} failed: {type(exc).__name__}: {exc}",
+                "Run the cell again; if it keeps failing use Runtime → Restart session.",
+                **kwargs,
+            )
+        raise mapped from exc
+
+
+def drive_mount(mountpoint: str | Path, *, force_remount: bool, timeout_ms: int, readonly: bool) -> None:
+    """Call ``google.colab.drive.mount`` with every argument spelled out; failures become MountError."""
+    with _map_colab_errors("drive.mount", mountpoint):
+        drive = _import("drive")
+        drive.mount(str(mountpoint), force_remount=force_remount, timeout_ms=timeout_ms, readonly=readonly)
+
+
+def drive_flush_and_unmount(*, timeout_ms: int = 24 * 3600 * 1000) -> None:
+    """Call ``google.colab.drive.flush_and_unmount``; failures become MountError."""
+    with _map_colab_errors("drive.flush_and_unmount"):
+        drive = _import("drive")
+        drive.flush_and_unmount(timeout_ms=timeout_ms)
+
+
+def runtime_unassign() -> None:
+    """Call ``google.colab.runtime.unassign``; failures become ReleaseError."""
+    with _map_colab_errors("unassign"):
+        try:
+            rt = __import__("google.colab.runtime", fromlist=["runtime"])
+        except ImportError:
+            raise ReleaseError(
+                "google.colab is not importable, so there is no Colab runtime to give back",
+                "Nothing to do off Colab; on Colab use Runtime → Disconnect and delete runtime.",
+            ) from None
+        rt.unassign()

@@ -1,0 +1,236 @@
+"""The project folder on Drive: resolve it, change into it, put it on ``sys.path``, install its requirements once."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import html
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from .errors import InstallError, ProjectNotFound
+
+__all__ = ["PREINSTALLED", "Project", "current", "project"]
+
+log = logging.getLogger(__name__)
+
+# what Colab ships and a requirements.txt must not silently replace (a CUDA torch for a CPU one, numpy 2 under
+# a numpy 1 build of everything else)
+PREINSTALLED = ("torch", "torchvision", "torchaudio", "tensorflow", "jax", "jaxlib", "numpy")
+_STAMP_DIR = ".colabkit"
+_STAMP = "requirements.stamp"
+
+_current: Project | None = None
+
+
+@dataclass(frozen=True)
+class Project:
+    """An opened project folder.
+
+    ``requirements`` is ``"installed"``, ``"up to date"`` (the stamp matched), ``"skipped"``
+    (``install=False``) or ``"none"`` (no requirements.txt).
+    """
+
+    name: str
+    path: Path
+    requirements: str = "none"
+    kept: tuple[str, ...] = ()  # preinstalled packages pinned during the install, e.g. ("numpy 1.26.4",)
+
+    def __repr__(self) -> str:
+        return f"Project(name={self.name!r}, path='{self.path}', requirements={self.requirements!r})"
+
+    def _repr_html_(self) -> str:
+        return (
+            f"<b>Project</b> {html.escape(self.name)} at <code>{html.escape(str(self.path))}</code>, "
+            f"requirements: {html.escape(self.requirements)}"
+        )
+
+    def describe(self) -> str:
+        """One line, e.g. ``test at /content/drive/MyDrive/test (cwd), requirements up to date``."""
+        return f"{self.name} at {self.path} (cwd), requirements {self.requirements}"
+
+
+def current() -> Project | None:
+    """The project opened by the last ``project()`` or ``setup()`` of this process, else None."""
+    return _current
+
+
+def _candidates(folder: Path, name: str) -> tuple[str, ...]:
+    try:
+        names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return ()
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    lowered = [n for n in names if n.lower() == name.lower() and n not in close]
+    return tuple(lowered + close)[:5]
+
+
+def _not_found(path: Path, shown: str) -> ProjectNotFound:
+    candidates = _candidates(path.parent, path.name)
+    if candidates:
+        hint = (
+            f"Did you mean {' or '.join(repr(c) for c in candidates)}? Pass that name to colabkit.project()."
+        )
+    else:
+        hint = (
+            f"Upload the project folder to {path.parent} (drag it into My Drive in the Files pane or at "
+            "drive.google.com), or pass an absolute path."
+        )
+    return ProjectNotFound(
+        f"project folder {shown!r} not found: {path} does not exist", hint, path=path, candidates=candidates
+    )
+
+
+def _resolve(name_or_path: str | os.PathLike[str]) -> Path:
+    raw = os.fspath(name_or_path)
+    path = Path(raw).expanduser()
+    if path.is_absolute():
+        resolved = path
+    else:
+        from . import drive
+
+        m = drive.find_mount() or drive.mount()
+        parts = path.parts
+        if parts and parts[0] in ("MyDrive", "My Drive"):
+            path = Path(*parts[1:]) if len(parts) > 1 else Path()
+        resolved = m.root / path
+    if not resolved.exists():
+        raise _not_found(resolved, raw)
+    if not resolved.is_dir():
+        raise ProjectNotFound(
+            f"project {raw!r} is a file, not a folder: {resolved}",
+            f"Pass the folder that holds it: colabkit.project({str(resolved.parent)!r}).",
+            path=resolved,
+        )
+    return resolved.absolute()
+
+
+def project(
+    name_or_path: str | os.PathLike[str], *, install: bool = True, keep_preinstalled: bool = True
+) -> Project:
+    """Open a project folder: resolve it on Drive, change into it, put it first on ``sys.path``, install deps.
+
+    Args:
+        name_or_path: ``"test"`` (``<Mount.root>/test``), ``"MyDrive/test"``, ``"My Drive/test"`` or an
+            absolute path. A relative name mounts Drive first if nothing is mounted.
+        install: Install ``requirements.txt`` with pip when it changed since the last install on this machine.
+        keep_preinstalled: Never up- or downgrade the runtime's torch, torchvision, torchaudio, tensorflow,
+            jax, jaxlib and numpy (pip gets a constraints file pinning the installed versions).
+
+    Returns:
+        The Project; ``colabkit.projects.current()`` returns it from now on.
+
+    Raises:
+        ProjectNotFound: The folder does not exist (``candidates`` holds the closest names) or is a file.
+        InstallError: pip failed; ``output_tail`` holds its last lines.
+
+    Examples:
+        >>> colabkit.project("test")
+        Project(name='test', path='/content/drive/MyDrive/test', requirements='up to date')
+    """
+    global _current
+    path = _resolve(name_or_path)
+    os.chdir(path)
+    entry = str(path)
+    if not sys.path or sys.path[0] != entry:
+        sys.path[:] = [p for p in sys.path if p != entry]
+        sys.path.insert(0, entry)
+    status, kept = "none", ()
+    if (path / "requirements.txt").is_file():
+        status, kept = _install(path, keep_preinstalled) if install else ("skipped", ())
+    _current = Project(path.name, path, status, kept)
+    return _current
+
+
+# -- requirements ----------------------------------------------------------------------------------
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _installed(names: tuple[str, ...]) -> dict[str, str]:
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _mentioned(requirements: str, names: dict[str, str]) -> list[str]:
+    """Preinstalled packages the requirements file names (``numpy>=1.20``, ``torch==2.1``...)."""
+    out = []
+    for line in requirements.splitlines():
+        token = line.split("#", 1)[0].strip()
+        head = token.replace(" ", "")
+        for name in names:
+            if head.lower().startswith(name) and (len(head) == len(name) or head[len(name)] in "<>=!~[;"):
+                out.append(name)
+    return out
+
+
+def _install(path: Path, keep_preinstalled: bool) -> tuple[str, tuple[str, ...]]:
+    """Run pip on requirements.txt unless the stamp says this exact file was installed on this machine."""
+    req = path / "requirements.txt"
+    text = req.read_text()
+    pinned = _installed(PREINSTALLED) if keep_preinstalled else {}
+    # the stamp lives on Drive and outlives the VM: key it to this boot and interpreter too
+    key = {
+        "sha256": hashlib.sha256(req.read_bytes()).hexdigest(),
+        "python": sys.executable,
+        "boot_id": _boot_id(),
+        "pinned": pinned,
+    }
+    stamp = path / _STAMP_DIR / _STAMP
+    try:
+        if json.loads(stamp.read_text()) == key:
+            return "up to date", ()
+    except (OSError, ValueError):
+        pass
+    stamp.parent.mkdir(exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-r", str(req)]
+    kept = tuple(f"{n} {pinned[n]}" for n in _mentioned(text, pinned))
+    if pinned:
+        constraints = stamp.parent / "preinstalled-constraints.txt"
+        constraints.write_text("".join(f"{n}=={v}\n" for n, v in sorted(pinned.items())))
+        cmd += ["-c", str(constraints)]
+    if kept:
+        log.warning(
+            "keeping the preinstalled %s; pass keep_preinstalled=False to let pip change them",
+            ", ".join(kept),
+        )
+    proc = subprocess.run(cmd, cwd=path, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        tail = "\n".join(lines[-12:])
+        if kept and ("conflict" in tail.lower() or "ResolutionImpossible" in tail):
+            hint = (
+                f"requirements.txt asks for other versions of the preinstalled {', '.join(kept)}: drop those "
+                "lines (the runtime's builds match its CUDA), or call colabkit.project(..., keep_preinstalled=False)."
+            )
+        else:
+            hint = (
+                f"Fix the line pip names in {req} (package name, version, or a pin that does not exist for "
+                f"Python {sys.version_info.major}.{sys.version_info.minor}), then run the cell again."
+            )
+        raise InstallError(
+            f"pip could not install {req} (exit {proc.returncode}):\n{tail}",
+            hint,
+            returncode=proc.returncode,
+            output_tail=tail,
+        )
+    tmp = stamp.with_suffix(".tmp")
+    tmp.write_text(json.dumps(key, indent=1, sort_keys=True))
+    os.replace(tmp, stamp)
+    return "installed", kept

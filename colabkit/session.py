@@ -1,0 +1,211 @@
+"""``setup()``: runtime → GPU check → mount → project in one call, and ``release()`` to give the VM back."""
+
+from __future__ import annotations
+
+import html
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import runtime
+from ._version import __version__
+from .errors import ColabkitWarning, MountError, ReleaseError
+
+if TYPE_CHECKING:
+    from .drive import Mount
+    from .gpu import GpuInfo
+    from .projects import Project
+    from .runtime import Runtime
+
+__all__ = ["Session", "release", "setup"]
+
+GPU_MODES = ("require", "prefer", False)
+MOUNT_MODES = ("auto", "drive", "ocamlfuse", "local", False)
+_GIB = 1024**3
+
+
+def _gib(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / _GIB:.1f} GiB"
+
+
+@dataclass(frozen=True)
+class Session:
+    """What ``setup()`` found and opened. ``None`` parts were not asked for (or, for ``gpu``, not found)."""
+
+    runtime: Runtime
+    gpu: GpuInfo | None = None
+    mount: Mount | None = None
+    project: Project | None = None
+    gpu_mode: str | bool = "require"
+
+    def __repr__(self) -> str:
+        gpu = self.gpu.name if self.gpu is not None else "n/a"
+        mount = f"{self.mount.method}:{self.mount.mountpoint}" if self.mount is not None else "n/a"
+        proj = str(self.project.path) if self.project is not None else "n/a"
+        return f"<Session {self.runtime.kind} gpu={gpu!r} mount={mount} project={proj}>"
+
+    def _rows(self) -> list[tuple[str, str]]:
+        rows = [("Runtime", self.runtime.describe())]
+        if self.gpu is not None:
+            g = self.gpu
+            extra = ", ".join(
+                x
+                for x in (
+                    f"{_gib(g.memory_free)} free" if g.memory_free is not None else "",
+                    f"driver {g.driver_version}" if g.driver_version else "",
+                    f"CUDA {g.cuda_driver_version}" if g.cuda_driver_version else "",
+                )
+                if x
+            )
+            rows.append(("GPU", f"{g.name}, {_gib(g.memory_total)}" + (f" ({extra})" if extra else "")))
+        elif self.gpu_mode is False:
+            rows.append(("GPU", "not checked (gpu=False)"))
+        else:
+            rows.append(("GPU", "none: running on CPU"))
+        rows.append(
+            ("Drive", self.mount.describe() if self.mount is not None else "not mounted (mount=False)")
+        )
+        if self.project is not None:
+            rows.append(("Project", self.project.describe()))
+            if self.project.kept:
+                rows.append(("Kept", "preinstalled " + ", ".join(self.project.kept)))
+        return rows
+
+    def summary(self) -> str:
+        """At most 8 lines of text: the header, then runtime, GPU, Drive and project."""
+        lines = [f"colabkit {__version__} ready"] + [f"{k:<8} {v}" for k, v in self._rows()]
+        return "\n".join(lines[:8])
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        body = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+            for k, v in self._rows()
+        )
+        return f"<b>colabkit {html.escape(__version__)} ready</b><table>{body}</table>"
+
+
+def _show(obj: Any) -> None:
+    """Show a summary: rich HTML in a notebook, text elsewhere."""
+    if runtime.display_mode() == "notebook":
+        try:
+            from IPython.display import display
+
+            display(obj)
+            return
+        except ImportError:
+            pass
+    print(str(obj), flush=True)
+
+
+def _check_gpu(mode: str | bool) -> GpuInfo | None:
+    if mode is False:
+        return None
+    from . import gpu
+
+    if mode == "require":
+        return gpu.require_gpu(check_torch=True)  # torch checked in a child: no CUDA context here
+    found = gpu.gpus()
+    if not found:
+        warnings.warn(
+            "no NVIDIA GPU found: going on on the CPU (gpu='prefer'). On Colab pick Runtime → Change runtime "
+            "type → T4 GPU → Save, then run again.",
+            ColabkitWarning,
+            stacklevel=3,
+        )
+        return None
+    return found[0]
+
+
+def setup(
+    project: str | os.PathLike[str] | None = None,
+    *,
+    gpu: str | bool = "require",
+    mount: str | bool = "auto",
+    install: bool = True,
+) -> Session:
+    """Check the runtime and GPU, mount Drive, open the project: one call, one compact summary.
+
+    The GPU is checked first, so nothing is mounted or installed on a CPU runtime by mistake. It stops
+    at the first failure with its fix. Running it again changes nothing.
+
+    Args:
+        project: Folder under My Drive (``"test"``), ``"MyDrive/test"`` or an absolute path; None opens none.
+        gpu: ``"require"`` (raise NoGpuError with the fix), ``"prefer"`` (warn and go on on the CPU) or False.
+        mount: ``"auto"`` (drive on Colab, else the local folder), ``"drive"``, ``"ocamlfuse"``, ``"local"``
+            or False.
+        install: Install the project's requirements.txt when it changed.
+
+    Returns:
+        The Session, also printed as a summary of at most 8 lines (a table in a notebook).
+
+    Raises:
+        NoGpuError: gpu="require" and no GPU: switch the runtime type to a GPU.
+        MountError: Drive could not be mounted (see ``reason`` and ``hint``).
+        ProjectNotFound: The project folder does not exist; ``candidates`` holds close names.
+        InstallError: pip failed on requirements.txt.
+
+    Examples:
+        >>> s = colabkit.setup("test")
+        colabkit 0.1.0 ready
+        Runtime  Colab (release-colab_20250101-060000_RC00), up 0h03m of ~12h00m
+        GPU      Tesla T4, 15.0 GiB (14.7 GiB free, driver 550.54.15, CUDA 12.4)
+        Drive    drive at /content/drive, files in /content/drive/MyDrive
+        Project  test at /content/drive/MyDrive/test (cwd), requirements up to date
+    """
+    if gpu not in GPU_MODES:
+        raise ValueError(f"gpu={gpu!r}: use 'require', 'prefer' or False")
+    if mount not in MOUNT_MODES:
+        raise ValueError(f"mount={mount!r}: use 'auto', 'drive', 'ocamlfuse', 'local' or False")
+    if project is not None and mount is False and not os.path.isabs(os.path.expanduser(os.fspath(project))):
+        raise ValueError(
+            f"project={os.fspath(project)!r} is relative to Drive, but mount=False: pass an absolute path"
+        )
+    rt = runtime.detect()
+    info = _check_gpu(gpu)
+    m = None
+    if mount is not False:
+        from . import drive
+
+        m = drive.mount(mount)
+    proj = None
+    if project is not None:
+        from . import projects
+
+        proj = projects.project(project, install=install)
+    session = Session(runtime=rt, gpu=info, mount=m, project=proj, gpu_mode=gpu)
+    _show(session)
+    return session
+
+
+def release() -> None:
+    """Flush Drive, then give the Colab runtime back (``google.colab.runtime.unassign``).
+
+    The VM is released only after the flush succeeded; if it fails the VM is kept so nothing is lost.
+    Code after this call may not run: the VM is gone.
+
+    Raises:
+        ReleaseError: The flush failed (the VM is kept), or Colab could not unassign the runtime.
+
+    Examples:
+        >>> colabkit.release()      # last line of the notebook
+    """
+    rt = runtime.detect()
+    if not rt.is_colab:
+        _show(f"colabkit: this is {rt.describe()}, not Colab: there is no runtime to release.")
+        return
+    from . import colab, drive
+
+    try:
+        drive.flush()
+    except MountError as exc:
+        raise ReleaseError(
+            f"Drive could not be flushed, so the runtime was kept: {exc.message}",
+            f"{exc.hint or 'Call colabkit.flush() again.'} Then call colabkit.release() again.",
+        ) from exc
+    sys.stdout.flush()
+    colab.runtime_unassign()

@@ -1,0 +1,218 @@
+"""drive.py on real FUSE mounts: the fake DriveFS serves a local folder through bindfs as fuse.drive."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+from fakes.colabvm import forget_fake_colab, kill_fuse, make_vm, mount_table, unmount_under
+
+import colabkit
+from colabkit import cli, drive
+from colabkit.errors import MountError
+
+
+@pytest.fixture(autouse=True)
+def _fresh(monkeypatch):
+    monkeypatch.setattr(drive, "_active", None)
+
+
+@pytest.fixture
+def vm(tmp_path, monkeypatch):
+    try:
+        yield make_vm(tmp_path, monkeypatch)
+    finally:
+        unmount_under(tmp_path)
+        forget_fake_colab()
+
+
+def _mounts(vm):
+    return [c for c in vm.calls() if c.startswith("drive.mount")]
+
+
+# -- local ----------------------------------------------------------------------------------------
+
+
+def test_local_is_the_default_off_colab(tmp_path):
+    m = colabkit.mount()
+    assert m == drive.Mount("local", tmp_path / "drive", tmp_path / "drive/MyDrive", False)
+    assert m.root.is_dir()
+    assert repr(m) == f"Mount(method='local', mountpoint='{tmp_path}/drive', root='{tmp_path}/drive/MyDrive')"
+    assert "<code>" in m._repr_html_()
+    assert drive.find_mount() == m
+    drive.flush()  # os.sync: nothing to unmount
+    assert m.root.is_dir()
+
+
+def test_local_folder_is_read_at_call_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLABKIT_DRIVE", str(tmp_path / "other"))
+    assert colabkit.mount("local").root == tmp_path / "other/MyDrive"
+    assert colabkit.mount("local", tmp_path / "x").root == tmp_path / "x/MyDrive"
+
+
+def test_find_mount_is_none_when_nothing_is_there():
+    assert drive.find_mount() is None
+
+
+def test_unknown_method():
+    with pytest.raises(MountError, match="unknown mount method 'gdrive'") as info:
+        colabkit.mount("gdrive")
+    assert "'ocamlfuse'" in info.value.hint and info.value.reason == "method"
+
+
+def test_drive_off_colab_says_which_methods_work(tmp_path, monkeypatch):
+    from fakes.colabvm import use_fake_colab
+
+    use_fake_colab(monkeypatch)
+    try:
+        with pytest.raises(MountError) as info:
+            colabkit.mount("drive", tmp_path / "d")
+    finally:
+        forget_fake_colab()
+    assert info.value.reason == "not_colab" and "mount('local')" in info.value.hint
+
+
+def test_mount_table_octal_escapes():
+    assert drive._unescape(r"/tmp/My\040Drive\011x\134y") == "/tmp/My Drive\tx\\y"
+
+
+def test_cli_mount_local(tmp_path, capsys):
+    assert cli.main(["mount", "--method", "local"]) == 0
+    assert (
+        capsys.readouterr().out == f"mounted: local at {tmp_path}/drive, files in {tmp_path}/drive/MyDrive\n"
+    )
+
+
+# -- drive (fake google.colab + DriveFS over bindfs) -----------------------------------------------
+
+
+@pytest.mark.fuse
+def test_drive_mount_is_real_and_idempotent(vm, capsys):
+    (vm.mydrive / "hello.txt").write_text("hi")
+    m = colabkit.mount()
+    assert m == drive.Mount("drive", vm.mountpoint, vm.mountpoint / "MyDrive", False)
+    assert mount_table()[str(vm.mountpoint)] == "fuse.drive"
+    assert (m.root / "hello.txt").read_text() == "hi"
+    assert (vm.mountpoint / "My Drive" / "hello.txt").exists()
+    (m.root / "new.txt").write_text("written through FUSE")
+    assert (vm.mydrive / "new.txt").read_text() == "written through FUSE"
+    assert "Mounted at" in capsys.readouterr().out
+    calls = vm.calls()
+    assert colabkit.mount() == m
+    assert colabkit.mount("drive") == m
+    assert vm.calls() == calls  # no second drive.mount, no second browser request
+    drive._active = None
+    assert drive.find_mount() == m  # seen in the mount table alone
+
+
+@pytest.mark.fuse
+def test_drive_readonly(vm):
+    m = colabkit.mount(readonly=True)
+    assert m.readonly
+    with pytest.raises(OSError) as info:
+        (m.root / "x.txt").write_text("no")
+    assert info.value.errno == errno.EROFS
+
+
+@pytest.mark.fuse
+def test_timeout_is_retried_once_with_600_s(vm, monkeypatch):
+    monkeypatch.setenv("FAKE_DRIVEFS_ROOT_READ_MS", "300000")
+    m = colabkit.mount()
+    assert m.method == "drive" and mount_table()[str(vm.mountpoint)] == "fuse.drive"
+    assert [c.split()[-1] for c in _mounts(vm)] == ["timeout_ms=120000", "timeout_ms=600000"]
+
+
+@pytest.mark.fuse
+def test_timeout_twice_gives_advice(vm, monkeypatch):
+    monkeypatch.setenv("FAKE_DRIVEFS_ROOT_READ_MS", "900000")
+    with pytest.raises(MountError, match=r"timed out twice .*\(120 s, then 600 s\)") as info:
+        colabkit.mount()
+    assert info.value.reason == "timeout"
+    assert "thousands of items" in info.value.hint and "faq.html#drive-timeout" in info.value.hint
+    assert len(_mounts(vm)) == 2
+    assert str(vm.mountpoint) not in mount_table()
+
+
+@pytest.mark.fuse
+def test_credential_refusal(vm, monkeypatch):
+    monkeypatch.setenv("FAKE_COLAB_AUTH", "refuse")
+    with pytest.raises(MountError) as info:
+        colabkit.mount()
+    assert info.value.reason == "credentials"
+    assert "same Google account as the notebook" in info.value.hint and "allow the popup" in info.value.hint
+    assert str(vm.mountpoint) not in mount_table()
+
+
+@pytest.mark.fuse
+def test_frontend_timeout_is_mount_failed(vm, monkeypatch):
+    monkeypatch.setenv("FAKE_COLAB_AUTH", "timeout")
+    with pytest.raises(MountError, match=r"\(mount failed\)") as info:
+        colabkit.mount()
+    assert info.value.reason == "failed"
+
+
+@pytest.mark.fuse
+def test_non_empty_mountpoint_is_named_and_kept(vm):
+    vm.mountpoint.mkdir()
+    names = ["a.txt", "b.txt", "c.txt", "d.txt", "e.txt", "f.txt"]
+    for name in names:
+        (vm.mountpoint / name).write_text(name)
+    with pytest.raises(MountError) as info:
+        colabkit.mount()
+    err = info.value
+    assert err.reason == "not_empty" and err.mountpoint == str(vm.mountpoint)
+    assert "'a.txt', 'b.txt', 'c.txt', 'd.txt', 'e.txt' and 1 more" in err.message
+    assert "never deletes or moves" in err.hint
+    assert sorted(p.name for p in vm.mountpoint.iterdir()) == names
+
+
+@pytest.mark.fuse
+def test_dead_mount_is_remounted(vm):
+    m = colabkit.mount()
+    kill_fuse(vm.mountpoint)
+    with pytest.raises(OSError) as info:
+        os.stat(vm.mountpoint)
+    assert info.value.errno == errno.ENOTCONN
+    assert drive.find_mount() is None or drive.find_mount().method == "local"
+    again = colabkit.mount()
+    assert again == m
+    assert (again.root).is_dir()
+    assert "force_remount=True" in _mounts(vm)[-1]
+
+
+@pytest.mark.fuse
+def test_flush_unmounts_and_mount_works_again(vm):
+    m = colabkit.mount()
+    (m.root / "model.pt").write_bytes(b"weights")
+    colabkit.flush()
+    assert str(vm.mountpoint) not in mount_table()
+    assert (vm.mydrive / "model.pt").read_bytes() == b"weights"
+    assert any(c.startswith("drive.flush_and_unmount") for c in vm.calls())
+    assert colabkit.mount() == m
+    assert mount_table()[str(vm.mountpoint)] == "fuse.drive"
+
+
+@pytest.mark.fuse
+def test_flush_failure_keeps_the_mount(vm, monkeypatch):
+    colabkit.mount()
+    monkeypatch.setenv("FAKE_DRIVEFS_FLUSH", "fail")
+    with pytest.raises(MountError) as info:
+        colabkit.flush()
+    assert info.value.reason == "flush" and "flush() again" in info.value.hint
+    assert mount_table()[str(vm.mountpoint)] == "fuse.drive"
+
+
+@pytest.mark.fuse
+def test_force_remounts(vm):
+    colabkit.mount()
+    colabkit.mount(force=True)
+    assert [c.split()[2] for c in _mounts(vm)] == ["force_remount=False", "force_remount=True"]
+    assert mount_table()[str(vm.mountpoint)] == "fuse.drive"
+
+
+def test_auto_on_colab_means_drive(vm, monkeypatch):
+    monkeypatch.setenv("FAKE_DRIVEFS", "fail")
+    with pytest.raises(MountError) as info:
+        colabkit.mount()
+    assert info.value.method == "drive"

@@ -1,0 +1,219 @@
+"""The ocamlfuse backend against a fake google-drive-ocamlfuse that really mounts with bindfs."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from fakes.colabvm import BIN, mount_table, unmount_under
+
+import colabkit
+from colabkit import drive
+from colabkit.errors import MountError
+
+SECRET = "GOCSPX-s3cr3t-client-secret"
+CODE = "4/0AVHEtk-verification-code"
+PRIVATE_KEY = "-----BEGIN PRIVATE KEY-----\nMIIEfakeKEYmaterial\n-----END PRIVATE KEY-----\n"
+FSTYPE = "fuse.google-drive-ocamlfuse"
+
+
+@pytest.fixture(autouse=True)
+def _fresh(monkeypatch):
+    monkeypatch.setattr(drive, "_active", None)
+
+
+@pytest.fixture
+def gd(tmp_path, monkeypatch):
+    """PATH with the fake tool; the "remote" My Drive it serves; its argv log."""
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "paper.txt").write_text("draft")
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_OCAMLFUSE_BACKING", str(remote))
+    monkeypatch.setenv("FAKE_OCAMLFUSE_LOG", str(tmp_path / "ocamlfuse-argv.log"))
+    try:
+        yield remote
+    finally:
+        unmount_under(tmp_path)
+
+
+def _expect_code(tmp_path: Path, monkeypatch) -> None:
+    """Tell the fake "Google" which code to accept, through a file, so the tool's environment stays clean."""
+    (tmp_path / "expected-code").write_text(CODE)
+    monkeypatch.setenv("FAKE_OCAMLFUSE_CODE_FILE", str(tmp_path / "expected-code"))
+
+
+def _logs(tmp_path: Path) -> str:
+    texts = [
+        p.read_text() for p in [tmp_path / "ocamlfuse-argv.log", *Path.home().glob(".gdfuse/*/gdfuse.log")]
+    ]
+    return "\n".join(texts)
+
+
+@pytest.mark.fuse
+def test_service_account(gd, tmp_path):
+    key = tmp_path / "key.json"
+    key.write_text(
+        json.dumps({"type": "service_account", "private_key": PRIVATE_KEY, "client_email": "sa@p.iam"})
+    )
+    point = tmp_path / "gdrive"
+    m = colabkit.mount("ocamlfuse", point, service_account=key)
+    assert m == drive.Mount("ocamlfuse", point, point, False)
+    assert mount_table()[str(point)] == FSTYPE
+    assert (m.root / "paper.txt").read_text() == "draft"
+    logs = _logs(tmp_path)
+    assert "-serviceaccountpath" in logs and str(key) in logs
+    assert "MIIEfakeKEY" not in logs
+    calls = logs.count("argv")
+    assert (
+        colabkit.mount("ocamlfuse", point, service_account=key) == m
+    )  # idempotent: the tool is not run again
+    assert _logs(tmp_path).count("argv") == calls
+    colabkit.flush()
+    assert str(point) not in mount_table()
+
+
+@pytest.mark.fuse
+def test_pre_authorized_state_folder(gd, tmp_path, monkeypatch):
+    state = tmp_path / "gdfuse-state"
+    state.mkdir()
+    (state / "state").write_text("refresh_token=abc\n")
+    (state / "config").write_text("verification_code=\n")
+    point = tmp_path / "my gdrive"  # a space: the mount table writes it as \040
+    monkeypatch.setenv("COLABKIT_OCAMLFUSE_STATE_DIR", str(state))
+    m = colabkit.mount("ocamlfuse", point, label="work")
+    assert m.root == point and mount_table()[str(point)] == FSTYPE
+    copied = Path.home() / ".gdfuse/work/state"
+    assert copied.read_text() == "refresh_token=abc\n"
+    assert stat.S_IMODE(copied.stat().st_mode) == 0o600
+    assert stat.S_IMODE(copied.parent.stat().st_mode) == 0o700
+    assert drive._table_entry(point)[0] == FSTYPE
+    assert colabkit.mount("ocamlfuse", point, label="work") == m
+
+
+@pytest.mark.fuse
+def test_headless_keeps_secret_and_code_off_argv_logs_and_output(gd, tmp_path, monkeypatch, capsys):
+    pidfile = tmp_path / "tool.pid"
+    monkeypatch.setenv("FAKE_OCAMLFUSE_PIDFILE", str(pidfile))
+    _expect_code(tmp_path, monkeypatch)
+    seen = {}
+
+    def fake_getpass(prompt: str) -> str:
+        if "secret" in prompt:
+            return SECRET
+        # the tool is running now, waiting for the code on stdin: look at it from outside
+        pid = int(pidfile.read_text())
+        seen["cmdline"] = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+        seen["environ"] = Path(f"/proc/{pid}/environ").read_bytes().decode()
+        return CODE
+
+    monkeypatch.setattr("getpass.getpass", fake_getpass)
+    point = tmp_path / "gdrive"
+    m = colabkit.mount("ocamlfuse", point, client_id="123-abc.apps.googleusercontent.com")
+    assert m.root == point and mount_table()[str(point)] == FSTYPE
+    assert "-headless" in seen["cmdline"] and "123-abc.apps.googleusercontent.com" in seen["cmdline"]
+    for where in (seen["cmdline"], seen["environ"], _logs(tmp_path), capsys.readouterr().out):
+        assert SECRET not in where and CODE not in where
+    config = Path.home() / ".gdfuse/default/config"
+    assert f"client_secret={SECRET}" in config.read_text()
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+
+
+@pytest.mark.fuse
+def test_headless_shows_the_url(gd, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COLABKIT_OCAMLFUSE_CLIENT_SECRET", SECRET)
+    monkeypatch.setattr("getpass.getpass", lambda prompt: CODE)
+    colabkit.mount("ocamlfuse", tmp_path / "gdrive", client_id="123-abc.apps.googleusercontent.com")
+    out = capsys.readouterr().out
+    assert "https://accounts.google.com/o/oauth2/auth?client_id=123-abc.apps.googleusercontent.com" in out
+    assert "code=" in out and SECRET not in out
+
+
+@pytest.mark.fuse
+def test_headless_wrong_code(gd, tmp_path, monkeypatch, capsys):
+    _expect_code(tmp_path, monkeypatch)
+    monkeypatch.setenv("COLABKIT_OCAMLFUSE_CLIENT_SECRET", SECRET)
+    monkeypatch.setattr("getpass.getpass", lambda prompt: "4/wrong-code")
+    point = tmp_path / "gdrive"
+    with pytest.raises(MountError, match="refused the verification code") as info:
+        colabkit.mount("ocamlfuse", point, client_id="123-abc.apps.googleusercontent.com")
+    assert info.value.reason == "auth" and "new code" in info.value.hint
+    assert "4/wrong-code" not in str(info.value)
+    assert str(point) not in mount_table()
+
+
+def test_no_credentials(gd, tmp_path):
+    with pytest.raises(MountError, match="no credentials for label 'default'") as info:
+        colabkit.mount("ocamlfuse", tmp_path / "gdrive")
+    assert info.value.reason == "no_auth"
+    for word in ("service_account=", "state_dir=", "client_id="):
+        assert word in info.value.hint
+
+
+def test_missing_tool_off_ubuntu(tmp_path, monkeypatch):
+    sysroot = tmp_path / "box"
+    (sysroot / "etc").mkdir(parents=True)
+    (sysroot / "etc/os-release").write_text('ID=fedora\nNAME="Fedora Linux"\n')
+    monkeypatch.setenv("COLABKIT_SYSROOT", str(sysroot))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    with pytest.raises(MountError, match="google-drive-ocamlfuse is not installed") as info:
+        colabkit.mount("ocamlfuse", tmp_path / "gdrive")
+    assert info.value.reason == "missing_tool"
+    assert "add-apt-repository ppa:alessandro-strada/ppa" in info.value.hint
+    assert "apt-get install google-drive-ocamlfuse" in info.value.hint
+
+
+@pytest.mark.fuse
+def test_missing_tool_is_installed_from_the_ppa_on_ubuntu(gd, tmp_path, monkeypatch):
+    sysroot = tmp_path / "box"
+    (sysroot / "etc").mkdir(parents=True)
+    (sysroot / "etc/os-release").write_text("ID=ubuntu\nID_LIKE=debian\n")
+    monkeypatch.setenv("COLABKIT_SYSROOT", str(sysroot))
+    tools = tmp_path / "sbin"
+    tools.mkdir()
+    apt_log = tmp_path / "apt.log"
+    fake = (
+        "#!/bin/sh\n"
+        f'echo "$(basename "$0") $*" >> {apt_log}\n'
+        'case "$*" in *"install -y -qq google-drive-ocamlfuse"*) '
+        f"cp {BIN}/google-drive-ocamlfuse {tools}/ ;; esac\n"
+    )
+    for name in ("apt-get", "add-apt-repository"):
+        (tools / name).write_text(fake)
+        (tools / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}/usr/bin:/bin")
+    key = tmp_path / "key.json"
+    key.write_text(json.dumps({"type": "service_account", "private_key": PRIVATE_KEY}))
+    m = colabkit.mount("ocamlfuse", tmp_path / "gdrive", service_account=key)
+    assert mount_table()[str(m.mountpoint)] == FSTYPE
+    assert apt_log.read_text().splitlines() == [
+        "add-apt-repository -y ppa:alessandro-strada/ppa",
+        "apt-get update -qq",
+        "apt-get install -y -qq google-drive-ocamlfuse",
+    ]
+
+
+def test_non_empty_mountpoint(gd, tmp_path):
+    point = tmp_path / "gdrive"
+    point.mkdir()
+    (point / "notes.md").write_text("keep me")
+    with pytest.raises(MountError, match="'notes.md'") as info:
+        colabkit.mount("ocamlfuse", point)
+    assert info.value.reason == "not_empty"
+    assert (point / "notes.md").read_text() == "keep me"
+
+
+@pytest.mark.fuse
+def test_dead_ocamlfuse_mount_is_remounted(gd, tmp_path):
+    from fakes.colabvm import kill_fuse
+
+    key = tmp_path / "key.json"
+    key.write_text(json.dumps({"type": "service_account", "private_key": PRIVATE_KEY}))
+    point = tmp_path / "gdrive"
+    colabkit.mount("ocamlfuse", point, service_account=key)
+    kill_fuse(point)
+    m = colabkit.mount("ocamlfuse", point, service_account=key)
+    assert (m.root / "paper.txt").read_text() == "draft"

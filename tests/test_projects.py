@@ -1,0 +1,176 @@
+"""projects.py: resolve the folder on Drive, chdir, sys.path, and a real pip install behind a stamp."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+import colabkit
+from colabkit import drive, projects
+from colabkit.errors import InstallError, ProjectNotFound
+
+
+@pytest.fixture(autouse=True)
+def _fresh(monkeypatch):
+    monkeypatch.setattr(drive, "_active", None)
+    monkeypatch.setattr(projects, "_current", None)
+
+
+@pytest.fixture
+def mydrive(tmp_path):
+    root = tmp_path / "drive/MyDrive"
+    for name in ("test", "cifar-resnet", "thesis"):
+        (root / name).mkdir(parents=True)
+    (root / "notes.txt").write_text("a file, not a project")
+    return root
+
+
+def test_names_resolve_under_mydrive(mydrive):
+    assert projects.current() is None
+    for spelling in ("test", "MyDrive/test", "My Drive/test", str(mydrive / "test")):
+        p = colabkit.project(spelling)
+        assert p.path == mydrive / "test" and p.name == "test", spelling
+        assert Path.cwd() == mydrive / "test"
+        assert sys.path[0] == str(mydrive / "test")
+        assert sys.path.count(str(mydrive / "test")) == 1
+        assert projects.current() == p
+    assert p.requirements == "none"
+    assert repr(p) == f"Project(name='test', path='{mydrive}/test', requirements='none')"
+
+
+def test_relative_name_mounts_the_local_stand_in(mydrive):
+    colabkit.project("thesis")
+    assert drive.find_mount().root == mydrive
+
+
+def test_not_found_lists_the_closest_names(mydrive):
+    with pytest.raises(ProjectNotFound) as info:
+        colabkit.project("tset")
+    err = info.value
+    assert isinstance(err, FileNotFoundError)
+    assert err.candidates == ("test",) and err.path == str(mydrive / "tset")
+    assert "'tset' not found" in err.message
+    assert err.hint == "Did you mean 'test'? Pass that name to colabkit.project()."
+    assert projects.current() is None
+
+
+def test_not_found_without_close_names_says_to_upload(mydrive):
+    with pytest.raises(ProjectNotFound) as info:
+        colabkit.project("/nowhere/at/all")
+    assert info.value.candidates == () and "Upload the project folder" in info.value.hint
+
+
+def test_a_file_is_not_a_project(mydrive):
+    with pytest.raises(ProjectNotFound, match="is a file, not a folder"):
+        colabkit.project("notes.txt")
+
+
+# -- requirements, installed for real into a throwaway virtual environment -------------------------
+
+
+def _wheel(folder: Path, name: str, version: str) -> Path:
+    """A minimal pure-Python wheel, written by hand (no build backend, no network)."""
+    folder.mkdir(exist_ok=True)
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": f"VERSION = {version!r}\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    record.append(f"{info}/RECORD,,")
+    files[f"{info}/RECORD"] = "\n".join(record) + "\n"
+    out = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(out, "w") as zf:
+        for path, text in files.items():
+            zf.writestr(path, text)
+    return out
+
+
+@pytest.fixture
+def venv(tmp_path, monkeypatch):
+    """A virtual environment sharing this one's packages; project() runs pip through it."""
+    env = tmp_path / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(env)], check=True
+    )
+    python = env / "bin/python"
+    monkeypatch.setattr(sys, "executable", str(python))
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return Path(purelib)
+
+
+def test_requirements_installed_once_per_change(mydrive, venv, tmp_path):
+    wheels = tmp_path / "wheels"
+    _wheel(wheels, "tinypkg", "0.1")
+    req = mydrive / "test/requirements.txt"
+    req.write_text(f"--no-index\n--find-links {wheels}\ntinypkg==0.1\n")
+    p = colabkit.project("test")
+    assert p.requirements == "installed"
+    assert (venv / "tinypkg/__init__.py").read_text() == "VERSION = '0.1'\n"
+    assert (mydrive / "test/.colabkit/requirements.stamp").is_file()
+    # the stamp matches: pip does not run (it would put the package back)
+    for path in venv.glob("tinypkg*"):
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    assert colabkit.project("test").requirements == "up to date"
+    assert not (venv / "tinypkg").exists()
+    req.write_text(req.read_text() + "# changed\n")
+    assert colabkit.project("test").requirements == "installed"
+    assert (venv / "tinypkg/__init__.py").exists()
+    assert colabkit.project("test", install=False).requirements == "skipped"
+
+
+def test_failed_install_shows_pips_tail(mydrive, venv, tmp_path):
+    (tmp_path / "wheels").mkdir()
+    (mydrive / "test/requirements.txt").write_text(
+        f"--no-index\n--find-links {tmp_path}/wheels\nno-such-pkg==9.9\n"
+    )
+    with pytest.raises(InstallError) as info:
+        colabkit.project("test")
+    err = info.value
+    assert err.returncode == 1
+    assert "No matching distribution found for no-such-pkg==9.9" in err.output_tail
+    assert err.output_tail in err.message
+    assert "Fix the line pip names in" in err.hint
+    assert not (mydrive / "test/.colabkit/requirements.stamp").exists()
+
+
+def test_preinstalled_packages_are_not_replaced_unless_asked(mydrive, venv, tmp_path, monkeypatch):
+    # psutil stands in for a preinstalled package: installed here, and a fake older release is offered
+    monkeypatch.setattr(projects, "PREINSTALLED", ("psutil",))
+    have = metadata.version("psutil")
+    wheels = tmp_path / "wheels"
+    _wheel(wheels, "psutil", "0.0.1")
+    (mydrive / "test/requirements.txt").write_text(f"--no-index\n--find-links {wheels}\npsutil==0.0.1\n")
+    with pytest.raises(InstallError) as info:
+        colabkit.project("test")
+    assert f"psutil {have}" in info.value.hint and "keep_preinstalled=False" in info.value.hint
+    assert (mydrive / "test/.colabkit/preinstalled-constraints.txt").read_text() == f"psutil=={have}\n"
+    assert not list(venv.glob("psutil*"))
+    p = colabkit.project("test", keep_preinstalled=False)
+    assert p.requirements == "installed"
+    assert (venv / "psutil/__init__.py").read_text() == "VERSION = '0.0.1'\n"  # only in the throwaway venv
+
+
+def test_kept_packages_are_reported(mydrive, venv, tmp_path, monkeypatch):
+    monkeypatch.setattr(projects, "PREINSTALLED", ("psutil",))
+    (mydrive / "test/requirements.txt").write_text("--no-index\npsutil>=1.0  # any recent\n")
+    p = colabkit.project("test")
+    assert p.kept == (f"psutil {metadata.version('psutil')}",)
+    assert os.path.samefile(Path.cwd(), mydrive / "test")

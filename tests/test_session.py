@@ -1,0 +1,185 @@
+"""setup(): runtime → GPU → mount → project, one short summary, idempotent; release() flushes first."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+from fakes.colabvm import forget_fake_colab, make_vm, mount_table, unmount_under
+
+import colabkit
+from colabkit import drive, gpu, projects
+from colabkit.errors import ColabkitWarning, MountError, NoGpuError, ProjectNotFound, ReleaseError
+
+T4 = gpu.GpuInfo(
+    index=0,
+    name="Tesla T4",
+    uuid="GPU-1",
+    memory_total=15 * 1024**3,
+    memory_used=0,
+    memory_free=15 * 1024**3,
+    driver_version="550.54.15",
+    cuda_driver_version="12.4",
+    compute_capability=(7, 5),
+    temperature_c=40,
+    power_w=9.0,
+    utilization_pct=0,
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh(monkeypatch):
+    monkeypatch.setattr(drive, "_active", None)
+    monkeypatch.setattr(projects, "_current", None)
+
+
+@pytest.fixture
+def t4(monkeypatch):
+    monkeypatch.setattr(gpu, "require_gpu", lambda *a, **k: T4)
+    monkeypatch.setattr(gpu, "gpus", lambda: [T4])
+
+
+@pytest.fixture
+def vm(tmp_path, monkeypatch):
+    try:
+        yield make_vm(tmp_path, monkeypatch)
+    finally:
+        unmount_under(tmp_path)
+        forget_fake_colab()
+
+
+def test_setup_local_prints_a_short_summary(tmp_path, t4, capsys):
+    (tmp_path / "drive/MyDrive/test").mkdir(parents=True)
+    s = colabkit.setup("test")
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert 1 < len(lines) <= 8
+    assert lines[0].startswith("colabkit ") and lines[0].endswith(" ready")
+    assert lines[1].startswith("Runtime  terminal")
+    assert lines[2] == "GPU      Tesla T4, 15.0 GiB (15.0 GiB free, driver 550.54.15, CUDA 12.4)"
+    assert lines[3] == f"Drive    local at {tmp_path}/drive, files in {tmp_path}/drive/MyDrive"
+    assert lines[4] == f"Project  test at {tmp_path}/drive/MyDrive/test (cwd), requirements none"
+    assert s.gpu == T4 and s.mount.method == "local" and s.project.path == tmp_path / "drive/MyDrive/test"
+    assert os.getcwd() == str(tmp_path / "drive/MyDrive/test")
+    assert (
+        repr(s) == f"<Session terminal gpu='Tesla T4' mount=local:{tmp_path}/drive project={s.project.path}>"
+    )
+    assert projects.current() == s.project
+
+
+def test_setup_twice_changes_nothing(tmp_path, t4, capsys):
+    (tmp_path / "drive/MyDrive/test").mkdir(parents=True)
+    first = colabkit.setup("test")
+    state = (os.getcwd(), list(sys.path), sorted(os.listdir(tmp_path / "drive")))
+    second = colabkit.setup("test")
+    assert (os.getcwd(), list(sys.path), sorted(os.listdir(tmp_path / "drive"))) == state
+    assert (second.mount, second.project, second.gpu) == (first.mount, first.project, first.gpu)
+    out = capsys.readouterr().out
+    assert out[: len(out) // 2] == out[len(out) // 2 :]
+
+
+def test_no_gpu_stops_before_mounting(tmp_path):
+    # the real path: no NVIDIA driver here, so require_gpu raises
+    if gpu.gpus():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(NoGpuError) as info:
+        colabkit.setup("test")
+    assert info.value.hint
+    assert not (tmp_path / "drive").exists()  # nothing mounted or created on a CPU runtime
+    assert projects.current() is None
+
+
+def test_prefer_warns_and_goes_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gpu, "gpus", lambda: [])
+    with pytest.warns(ColabkitWarning, match="no NVIDIA GPU found: going on on the CPU"):
+        s = colabkit.setup(gpu="prefer")
+    assert s.gpu is None and s.mount.method == "local"
+    assert "GPU      none: running on CPU" in capsys.readouterr().out
+
+
+def test_stops_at_the_first_failure(tmp_path, capsys):
+    with pytest.raises(ProjectNotFound):
+        colabkit.setup("missing", gpu=False)
+    assert (tmp_path / "drive/MyDrive").is_dir()  # mount ran, then the project failed
+    assert capsys.readouterr().out == ""  # no summary for a setup that failed
+
+
+def test_no_mount_needs_an_absolute_project(tmp_path, capsys):
+    with pytest.raises(ValueError, match="relative to Drive, but mount=False"):
+        colabkit.setup("test", gpu=False, mount=False)
+    s = colabkit.setup(str(tmp_path), gpu=False, mount=False)
+    assert s.mount is None and s.project.path == tmp_path
+    out = capsys.readouterr().out
+    assert "GPU      not checked (gpu=False)" in out and "Drive    not mounted (mount=False)" in out
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="gpu='yes'"):
+        colabkit.setup(gpu="yes")
+    with pytest.raises(ValueError, match="mount='gdrive'"):
+        colabkit.setup(gpu=False, mount="gdrive")
+
+
+def test_html_is_escaped(tmp_path, monkeypatch):
+    folder = tmp_path / "<b>x&y"
+    folder.mkdir()
+    s = colabkit.setup(str(folder), gpu=False, mount=False)
+    page = s._repr_html_()
+    assert "&lt;b&gt;x&amp;y" in page and "<b>x" not in page
+
+
+def test_notebook_display_goes_through_ipython(tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setenv("COLABKIT_DISPLAY", "notebook")
+    import IPython.display
+
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    s = colabkit.setup(gpu=False, mount="local")
+    assert shown == [s]
+
+
+def test_release_off_colab_keeps_everything(tmp_path, capsys):
+    colabkit.release()
+    out = capsys.readouterr().out
+    assert out.startswith("colabkit: this is terminal") and out.endswith(
+        ", not Colab: there is no runtime to release.\n"
+    )
+
+
+@pytest.mark.fuse
+def test_setup_on_colab_then_release(vm, t4, capsys):
+    (vm.mydrive / "test").mkdir()
+    s = colabkit.setup("test")
+    assert s.runtime.is_colab and s.mount.method == "drive"
+    assert s.project.path == vm.mountpoint / "MyDrive/test"
+    asks = [c for c in vm.calls() if c.startswith("blocking_request")]
+    colabkit.setup("test")
+    assert [c for c in vm.calls() if c.startswith("blocking_request")] == asks  # no second popup
+    (s.project.path / "ckpt.pt").write_bytes(b"w")
+    assert os.getcwd() == str(s.project.path)
+    colabkit.release()
+    assert os.getcwd() == str(vm.sysroot / "content")  # stepped out so the mount could go
+    assert str(vm.mountpoint) not in mount_table()
+    assert (vm.mydrive / "test/ckpt.pt").read_bytes() == b"w"
+    assert vm.unassigned
+    assert vm.calls()[-2:][0].startswith("drive.flush_and_unmount") and vm.calls()[-1] == "runtime.unassign"
+
+
+@pytest.mark.fuse
+def test_release_keeps_the_vm_when_the_flush_fails(vm, monkeypatch):
+    colabkit.mount()
+    monkeypatch.setenv("FAKE_DRIVEFS_FLUSH", "fail")
+    with pytest.raises(ReleaseError, match="the runtime was kept") as info:
+        colabkit.release()
+    assert isinstance(info.value.__cause__, MountError)
+    assert "release() again" in info.value.hint
+    assert not vm.unassigned
+    assert mount_table()[str(vm.mountpoint)] == "fuse.drive"
+
+
+def test_release_unassign_refused(vm, monkeypatch):
+    monkeypatch.setenv("FAKE_COLAB_UNASSIGN", "refuse")
+    with pytest.raises(ReleaseError, match="could not give the runtime back") as info:
+        colabkit.release()
+    assert "Disconnect and delete runtime" in info.value.hint
