@@ -1,0 +1,193 @@
+"""Checkpoints: atomic save, pruning, latest(), a save killed midway, and resuming a real training child."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from colabkit import checkpoint
+from colabkit.errors import CheckpointError
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "resumable_train.py"
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+def test_save_latest_load_round_trip(tmp_path):
+    assert checkpoint.latest(tmp_path / "ckpt") is None
+    first = checkpoint.save({"step": 1}, tmp_path / "ckpt")
+    second = checkpoint.save({"step": 2}, tmp_path / "ckpt")
+    assert (first.name, second.name) == ("ckpt-000001.pkl", "ckpt-000002.pkl")
+    assert checkpoint.latest(tmp_path / "ckpt") == second
+    assert checkpoint.load(second) == {"step": 2}
+    assert checkpoint.load(tmp_path / "ckpt") == {"step": 2}  # a folder means its latest
+
+
+def test_keep_prunes_oldest_and_none_keeps_all(tmp_path):
+    folder = tmp_path / "ckpt"
+    paths = [checkpoint.save({"step": i}, folder, keep=3) for i in range(5)]
+    assert sorted(p.name for p in folder.iterdir()) == [p.name for p in paths[2:]]
+    assert checkpoint.load(checkpoint.latest(folder)) == {"step": 4}
+    for i in range(3):
+        checkpoint.save({"more": i}, folder, keep=None)
+    assert len(list(folder.iterdir())) == 6
+
+
+def test_named_checkpoint_and_bad_arguments(tmp_path):
+    best = checkpoint.save({"acc": 0.9}, tmp_path, name="best")
+    assert best == tmp_path / "best.pkl"
+    assert checkpoint.save({"acc": 0.95}, tmp_path, name="best") == best  # replaced atomically
+    assert checkpoint.load(best) == {"acc": 0.95}
+    with pytest.raises(ValueError, match="keep must be at least 1"):
+        checkpoint.save({}, tmp_path, keep=0)
+    with pytest.raises(ValueError, match="plain file stem"):
+        checkpoint.save({}, tmp_path, name="../escape")
+
+
+def test_latest_ignores_temp_and_foreign_files(tmp_path):
+    good = checkpoint.save({"step": 1}, tmp_path)
+    (tmp_path / ".ckpt-000002.pkl.tmp-999999-abcd").write_bytes(b"half")
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    assert checkpoint.latest(tmp_path) == good
+
+
+def test_unpicklable_object_raises_and_leaves_nothing(tmp_path):
+    with pytest.raises(CheckpointError, match="Could not save checkpoint") as info:
+        checkpoint.save({"fn": lambda: 1}, tmp_path / "ckpt")
+    assert "state_dict()" in info.value.hint
+    assert info.value.path == str(tmp_path / "ckpt" / "ckpt-000001.pkl")
+    assert list((tmp_path / "ckpt").iterdir()) == []
+
+
+def test_load_errors_name_the_file_and_the_fix(tmp_path):
+    with pytest.raises(CheckpointError, match="No checkpoint in") as info:
+        checkpoint.load(tmp_path)
+    assert "colabkit.save(obj, folder)" in info.value.hint
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.load(tmp_path / "ckpt-000009.pkl")
+    broken = tmp_path / "ckpt-000001.pkl"
+    broken.write_bytes(b"\x80\x05truncated")
+    with pytest.raises(CheckpointError, match="Could not read checkpoint") as info:
+        checkpoint.load(broken)
+    assert info.value.path == str(broken)
+
+
+def test_readonly_folder_raises_checkpoint_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CheckpointError, match="Cannot write checkpoints to") as info:
+        checkpoint.save({}, blocker / "sub")
+    assert "writable Drive" in info.value.hint
+
+
+_KILLED_SAVE = textwrap.dedent(
+    """
+    import sys, time
+    from colabkit import checkpoint
+
+    class Stall:
+        # pickled after the big blob: announces that the save is under way, then never returns
+        def __reduce__(self):
+            print("writing", flush=True)
+            sys.stdin.read()
+            return (int, ())
+
+    folder = sys.argv[1]
+    checkpoint.save({"step": 1}, folder)
+    checkpoint.save({"step": 2, "blob": b"x" * (16 << 20), "stall": Stall()}, folder)
+    """
+)
+
+
+def test_save_killed_midway_keeps_previous_checkpoint(tmp_path):
+    script = tmp_path / "killed_save.py"
+    script.write_text(_KILLED_SAVE)
+    folder = tmp_path / "ckpt"
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(folder)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_child_env(),
+    )
+    try:
+        assert child.stdout.readline().strip() == "writing"
+        temps = [p for p in folder.iterdir() if p.name.startswith(".")]
+        assert len(temps) == 1 and temps[0].stat().st_size > 16 << 20  # the big blob is on disk
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.wait()
+        child.stdin.close()
+        child.stdout.close()
+    good = checkpoint.latest(folder)
+    assert good == folder / "ckpt-000001.pkl"
+    assert checkpoint.load(good) == {"step": 1}
+    # the next save sweeps the dead writer's temp file away
+    assert checkpoint.save({"step": 2}, folder) == folder / "ckpt-000002.pkl"
+    assert sorted(p.name for p in folder.iterdir()) == ["ckpt-000001.pkl", "ckpt-000002.pkl"]
+
+
+def _start_example(tmp_path: Path, *args: str, resume: Path | None = None) -> subprocess.Popen[str]:
+    extra = {"COLABKIT_RESUME": str(resume)} if resume else {}
+    return subprocess.Popen(
+        [sys.executable, str(EXAMPLE), "--ckpt-dir", str(tmp_path / "ckpt"), *args],
+        stdout=subprocess.PIPE, text=True, env=_child_env(**extra),
+    )
+
+
+def test_resume_round_trip_counts_steps_across_two_runs(tmp_path):
+    first = _start_example(tmp_path, "--steps", "12", "--step-time", "0.01")
+    try:
+        for line in first.stdout:
+            if line.startswith("step 5 saved"):
+                first.send_signal(signal.SIGKILL)  # the VM vanished
+                break
+        assert first.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        first.kill()
+        first.wait()
+        first.stdout.close()
+    resume = checkpoint.latest(tmp_path / "ckpt")
+    assert resume is not None
+    reached = checkpoint.load(resume)["step"]
+    assert reached >= 5
+
+    second = _start_example(tmp_path, "--steps", "12", "--step-time", "0.01", resume=resume)
+    out, _ = second.communicate(timeout=30)
+    assert second.returncode == 0
+    lines = out.splitlines()
+    assert lines[0] == f"resumed from {resume} at step {reached}"
+    assert lines[1] == f"training from step {reached} to 12"
+    assert lines[2].startswith(f"step {reached + 1} saved")
+    assert lines[-1] == "done: 12 steps"
+    final = checkpoint.load(checkpoint.latest(tmp_path / "ckpt"))
+    assert final["step"] == 12
+    assert final["loss_history"] == [1.0 / s for s in range(1, 13)]  # no step lost or repeated
+
+
+def test_sigterm_saves_before_exit_and_resume_continues(tmp_path):
+    child = _start_example(tmp_path, "--steps", "1000", "--save-every", "100", "--step-time", "0.02")
+    try:
+        assert child.stdout.readline() == "training from step 0 to 1000\n"  # handler installed
+        child.send_signal(signal.SIGTERM)
+        out, _ = child.communicate(timeout=30)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 0
+    saved = checkpoint.latest(tmp_path / "ckpt")
+    assert saved is not None
+    step = checkpoint.load(saved)["step"]
+    assert 1 <= step < 100  # saved because of the signal, not the schedule
+    assert out.splitlines()[-1] == f"stopped by SIGTERM at step {step}; resume from {saved}"

@@ -1,0 +1,282 @@
+"""stage(): real files through a real FUSE mount (bindfs), no-op repeats, kills midway, disk space, archives."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from colabkit import staging
+from colabkit.errors import StageError
+
+ROOT = Path(__file__).resolve().parent.parent
+N_FILES = 2000
+
+
+def _unmount(point: Path) -> None:
+    for cmd in (["fusermount3", "-u", str(point)], ["umount", "-l", str(point)]):
+        if shutil.which(cmd[0]) and subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0:
+            return
+
+
+@contextlib.contextmanager
+def _bindfs(backing: Path, point: Path, *options: str) -> Iterator[Path]:
+    point.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["bindfs", "-o", "fsname=drive,subtype=drive", *options, str(backing), str(point)],
+                   check=True, capture_output=True, timeout=30)
+    try:
+        yield point
+    finally:
+        _unmount(point)
+
+
+def _make_dataset(folder: Path, n: int = N_FILES) -> None:
+    for i in range(n):
+        sub = folder / f"class{i % 10}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"img{i:05d}.bin").write_bytes(i.to_bytes(4, "little") * 64)
+    (folder / "empty").mkdir()
+
+
+def _contents(folder: Path) -> dict[str, bytes | None]:
+    out: dict[str, bytes | None] = {}
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder).as_posix()
+        if rel == staging.STAMP:
+            continue
+        out[rel] = path.read_bytes() if path.is_file() else None
+    return out
+
+
+@pytest.fixture
+def drive(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(backing folder, the same folder seen through a FUSE mount)."""
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    with _bindfs(backing, tmp_path / "mnt") as mnt:
+        yield backing, mnt
+
+
+@pytest.mark.fuse
+def test_folder_is_packed_once_then_extracted_and_repeat_is_a_no_op(drive, tmp_path):
+    backing, mnt = drive
+    _make_dataset(backing / "images")
+    dest = tmp_path / "local" / "images"
+    assert staging.stage(mnt / "images", dest) == dest
+    assert _contents(dest) == _contents(backing / "images")
+    assert len([p for p in dest.rglob("*.bin")]) == N_FILES
+    archive = backing / f"images{staging.ARCHIVE_SUFFIX}"
+    assert archive.is_file() and (backing / f"images{staging.INDEX_SUFFIX}").is_file()
+
+    before = (dest.stat().st_ino, (dest / staging.STAMP).stat().st_mtime_ns, archive.stat().st_mtime_ns)
+    assert staging.stage(mnt / "images", dest) == dest
+    after = (dest.stat().st_ino, (dest / staging.STAMP).stat().st_mtime_ns, archive.stat().st_mtime_ns)
+    assert after == before  # nothing was packed, copied or renamed
+    assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.fuse
+def test_archive_is_refreshed_when_the_folder_changes(drive, tmp_path):
+    backing, mnt = drive
+    _make_dataset(backing / "images", n=50)
+    dest = tmp_path / "local" / "images"
+    staging.stage(mnt / "images", dest)
+    archive_mtime = (backing / f"images{staging.ARCHIVE_SUFFIX}").stat().st_mtime_ns
+
+    (backing / "images" / "class3" / "img00003.bin").write_bytes(b"changed")
+    (backing / "images" / "new.txt").write_text("new file")
+    (backing / "images" / "class1" / "img00001.bin").unlink()
+    staging.stage(mnt / "images", dest)
+    assert _contents(dest) == _contents(backing / "images")
+    assert (dest / "class3" / "img00003.bin").read_bytes() == b"changed"
+    assert not (dest / "class1" / "img00001.bin").exists()
+    assert (backing / f"images{staging.ARCHIVE_SUFFIX}").stat().st_mtime_ns != archive_mtime
+
+
+@pytest.mark.fuse
+def test_readonly_drive_falls_back_to_a_direct_copy(tmp_path):
+    backing = tmp_path / "backing"
+    _make_dataset(backing / "images", n=200)
+    with _bindfs(backing, tmp_path / "ro", "-r") as ro:
+        dest = staging.stage(ro / "images", tmp_path / "local" / "images")
+        assert _contents(dest) == _contents(backing / "images")
+    assert not (backing / f"images{staging.ARCHIVE_SUFFIX}").exists()
+
+
+_KILLED_STAGE = textwrap.dedent(
+    """
+    import sys, threading
+    from colabkit import staging
+
+    real_write = staging._write_file
+    count = 0
+    lock = threading.Lock()
+
+    def write_file(*args):
+        global count
+        with lock:
+            count += 1
+            if count == 500:  # a quarter of the way: say so, then hang (holding the others) until killed
+                print("midway", flush=True)
+                sys.stdin.read()
+        return real_write(*args)
+
+    staging._write_file = write_file
+    staging.stage(sys.argv[1], sys.argv[2])
+    print("finished", flush=True)
+    """
+)
+
+
+@pytest.mark.fuse
+def test_staging_killed_midway_leaves_no_destination_and_next_call_completes(drive, tmp_path):
+    backing, mnt = drive
+    _make_dataset(backing / "images")
+    script = tmp_path / "killed_stage.py"
+    script.write_text(_KILLED_STAGE)
+    dest = tmp_path / "local" / "images"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    child = subprocess.Popen([sys.executable, str(script), str(mnt / "images"), str(dest)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stdout.readline().strip() == "midway"
+        partial = [p for p in dest.parent.iterdir() if staging._PARTIAL in p.name]
+        assert len(partial) == 1 and any(partial[0].rglob("*.bin"))  # half-done, hidden
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.wait()
+        child.stdin.close()
+        child.stdout.close()
+    assert not dest.exists()  # a partial copy never counts
+
+    assert staging.stage(mnt / "images", dest) == dest
+    assert _contents(dest) == _contents(backing / "images")
+    assert [p.name for p in dest.parent.iterdir()] == ["images"]  # the dead child's leftovers are gone
+
+
+def test_not_enough_disk_is_refused_before_copying(tmp_path, monkeypatch):
+    src = tmp_path / "images"
+    _make_dataset(src, n=100)
+    monkeypatch.setattr(staging, "_disk_free", lambda path: 10 * 2**20)
+    dest = tmp_path / "local" / "images"
+    with pytest.raises(StageError, match=r"Not enough local disk to stage .*images: it needs 25\.0 KiB, .* has 10\.0 MiB free") as info:
+        staging.stage(src, dest)
+    assert info.value.needed_bytes == 100 * 256
+    assert info.value.free_bytes == 10 * 2**20
+    assert info.value.hint.startswith("Free at least 54.0 MiB on the VM")
+    assert "pass dest= on a disk with more room" in info.value.hint
+    assert not dest.exists()
+    assert not (tmp_path / f"images{staging.ARCHIVE_SUFFIX}").exists()  # nothing written to Drive either
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def _tar(path: Path, members: dict[str, bytes], mode: str = "w", links: dict[str, str] | None = None) -> None:
+    with tarfile.open(path, mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+
+
+MEMBERS = {"train/a.txt": b"alpha", "train/b.txt": b"beta", "labels.csv": b"x,y\n"}
+
+
+@pytest.mark.parametrize(("filename", "mode"), [("ds.tar", "w"), ("ds.tar.gz", "w:gz"), ("ds.tgz", "w:gz"), ("ds.zip", None)])
+def test_archive_sources_are_extracted_directly(tmp_path, filename, mode):
+    src = tmp_path / filename
+    _zip(src, MEMBERS) if mode is None else _tar(src, MEMBERS, mode)
+    dest = staging.stage(src, tmp_path / "local" / "ds")
+    assert {k: v for k, v in _contents(dest).items() if v is not None} == MEMBERS
+    stamp_mtime = (dest / staging.STAMP).stat().st_mtime_ns
+    assert staging.stage(src, tmp_path / "local" / "ds") == dest
+    assert (dest / staging.STAMP).stat().st_mtime_ns == stamp_mtime
+
+
+@pytest.mark.parametrize(
+    ("filename", "builder", "bad"),
+    [
+        ("evil.zip", lambda p: _zip(p, {"ok.txt": b"1", "../evil.txt": b"2"}), "'../evil.txt'"),
+        ("evil.tar", lambda p: _tar(p, {"ok.txt": b"1", "../evil.txt": b"2"}), "'../evil.txt'"),
+        ("abs.tar", lambda p: _tar(p, {"/tmp/evil.txt": b"2"}), "'/tmp/evil.txt'"),
+        ("link.tar", lambda p: _tar(p, {}, links={"etc": "/etc"}), "'etc -> /etc'"),
+        ("up.tar.gz", lambda p: _tar(p, {}, "w:gz", links={"a/up": "../../x"}), "'a/up -> ../../x'"),
+    ],
+)
+def test_members_escaping_the_destination_are_refused(tmp_path, filename, builder, bad):
+    src = tmp_path / filename
+    builder(src)
+    dest = tmp_path / "local" / "ds"
+    with pytest.raises(StageError, match="would be written outside the destination") as info:
+        staging.stage(src, dest)
+    assert bad in info.value.message
+    assert "Only stage archives you trust" in info.value.hint
+    assert not dest.exists() and not (tmp_path / "evil.txt").exists()
+    assert list((tmp_path / "local").iterdir()) == []  # the temp folder is gone too
+
+
+def test_plain_file_is_copied(tmp_path):
+    src = tmp_path / "weights.bin"
+    src.write_bytes(b"w" * 1000)
+    dest = staging.stage(src, tmp_path / "local" / "weights")
+    assert (dest / "weights.bin").read_bytes() == b"w" * 1000
+
+
+def test_missing_source_and_foreign_destination(tmp_path):
+    with pytest.raises(StageError, match=r"Nothing to stage: .*nowhere does not exist") as info:
+        staging.stage(tmp_path / "nowhere")
+    assert "mount Drive first" in info.value.hint
+    src = tmp_path / "ds"
+    _make_dataset(src, n=3)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("keep me")
+    with pytest.raises(StageError, match="was not made by colabkit.stage\\(\\); refusing to replace it"):
+        staging.stage(src, mine)
+    assert (mine / "thesis.tex").read_text() == "keep me"
+
+
+def test_default_destination_off_and_on_colab(tmp_path, monkeypatch):
+    src = tmp_path / "ds.zip"
+    _zip(src, MEMBERS)
+    assert staging.stage(src) == tmp_path / "home" / ".cache" / "colabkit" / "data" / "ds"
+    monkeypatch.setenv("COLABKIT_CACHE", str(tmp_path / "cache"))
+    assert staging.stage(src) == tmp_path / "cache" / "data" / "ds"
+    vm = tmp_path / "vm"
+    (vm / "var" / "colab").mkdir(parents=True)
+    (vm / "var" / "colab" / "hostname").write_text("colab-vm\n")
+    monkeypatch.setenv("COLABKIT_SYSROOT", str(vm))
+    assert staging.stage(src) == vm / "content" / "data" / "ds"
+
+
+def test_progress_bar_only_when_someone_watches(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "ds.zip"
+    _zip(src, MEMBERS)
+    staging.stage(src, tmp_path / "a")  # COLABKIT_DISPLAY=plain: no bar
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("COLABKIT_DISPLAY", "terminal")
+    staging.stage(src, tmp_path / "b")
+    assert "extract ds.zip" in capsys.readouterr().out
+    staging.stage(src, tmp_path / "c", progress=False)
+    assert capsys.readouterr().out == ""
