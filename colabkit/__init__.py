@@ -46,6 +46,9 @@ _NAMES: dict[str, str] = {
     "Doctor": "report",
     "Check": "report",
     "Runtime": "runtime",
+    "RunList": "history",
+    "RunInfo": "history",
+    "GpuProcess": "gpu",
     # errors
     "ColabkitError": "errors",
     "ColabkitWarning": "errors",
@@ -100,8 +103,8 @@ if TYPE_CHECKING:  # pragma: no cover - for IDEs and type checkers only
         ScriptNotFound,
         StageError,
     )
-    from .gpu import GpuInfo, gpus, require_gpu
-    from .history import runs
+    from .gpu import GpuInfo, GpuProcess, gpus, require_gpu
+    from .history import RunInfo, RunList, runs
     from .monitoring import Monitor, Sample, Stats, monitor
     from .projects import Project, project
     from .report import Check, Doctor, Info, doctor, info

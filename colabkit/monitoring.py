@@ -1,0 +1,668 @@
+"""The GPU memory monitor: a sampler thread, Sample records, Stats, metrics.csv and ``colabkit watch``."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import display
+
+__all__ = ["DeviceStats", "Monitor", "Sample", "Sampler", "Stats", "monitor"]
+
+MIN_INTERVAL = 0.05  # seconds; below this the sampler costs more than it tells
+TREE_REFRESH_S = 3.0  # the child's process tree is walked this often, not every tick
+CSV_FLUSH_S = 1.0
+MAX_SAMPLES = 36_000  # kept in memory for plots (10 h at 1 s); Stats cover the whole run regardless
+
+# attribution methods, most specific first
+PID = "pid"  # NVML lists a process of the child's tree
+NEW_PIDS = "new-pids"  # NVML lists processes that were not there at launch (PID namespaces hide the tree)
+BASELINE = "baseline"  # device used minus used at launch
+_METHOD_RANK = {PID: 0, NEW_PIDS: 1, BASELINE: 2}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One reading. Per-GPU tuples are indexed by GPU; ``None`` where NVML could not say.
+
+    ``t`` is seconds since the sampler started; bytes are ``int``; ``util`` in %, ``temp`` in °C,
+    ``power_w`` in W. ``child_gpu_bytes`` is the GPU memory attributed to the watched process tree
+    by ``attribution``; ``child_rss_bytes`` its resident host memory.
+    """
+
+    t: float
+    used: tuple[int | None, ...] = ()
+    total: tuple[int | None, ...] = ()
+    util: tuple[int | None, ...] = ()
+    temp: tuple[int | None, ...] = ()
+    power_w: tuple[float | None, ...] = ()
+    child_gpu_bytes: int | None = None
+    child_rss_bytes: int | None = None
+    attribution: str | None = None
+
+    def __repr__(self) -> str:
+        gpus = ", ".join(
+            f"{display.format_bytes(u)}/{display.format_bytes(t)}"
+            for u, t in zip(self.used, self.total, strict=False)
+        )
+        return f"Sample(t={self.t:.2f}, gpu=[{gpus}], child_rss={display.format_bytes(self.child_rss_bytes)})"
+
+
+@dataclass(frozen=True)
+class DeviceStats:
+    """Memory and utilisation of one GPU over the monitored time (bytes, %)."""
+
+    index: int
+    peak_used_bytes: int | None
+    mean_used_bytes: int | None
+    total_bytes: int | None
+    util_mean: float | None
+    util_p95: int | None
+
+    @property
+    def headroom_bytes(self) -> int | None:
+        """GPU memory never used at the peak: ``total - peak``."""
+        if self.total_bytes is None or self.peak_used_bytes is None:
+            return None
+        return self.total_bytes - self.peak_used_bytes
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What the monitor saw. Top-level GPU fields describe the GPU with the highest peak (``device``).
+
+    Examples:
+        >>> r.stats
+        Stats(duration=1m15s, peak=9.8 GiB/15.0 GiB, headroom=5.2 GiB, util mean 81% p95 99%, child 9.5 GiB by pid)
+    """
+
+    duration_s: float
+    n_samples: int
+    gpu_count: int
+    devices: tuple[DeviceStats, ...] = ()
+    child_peak_gpu_bytes: int | None = None
+    attribution: str | None = None
+    child_peak_rss_bytes: int | None = None
+
+    @property
+    def _top(self) -> DeviceStats | None:
+        known = [d for d in self.devices if d.peak_used_bytes is not None]
+        return max(known, key=lambda d: d.peak_used_bytes or 0) if known else None
+
+    @property
+    def device(self) -> int | None:
+        top = self._top
+        return top.index if top else None
+
+    @property
+    def peak_used_bytes(self) -> int | None:
+        top = self._top
+        return top.peak_used_bytes if top else None
+
+    @property
+    def mean_used_bytes(self) -> int | None:
+        top = self._top
+        return top.mean_used_bytes if top else None
+
+    @property
+    def total_bytes(self) -> int | None:
+        top = self._top
+        return top.total_bytes if top else None
+
+    @property
+    def headroom_bytes(self) -> int | None:
+        top = self._top
+        return top.headroom_bytes if top else None
+
+    @property
+    def util_mean(self) -> float | None:
+        top = self._top
+        return top.util_mean if top else None
+
+    @property
+    def util_p95(self) -> int | None:
+        top = self._top
+        return top.util_p95 if top else None
+
+    def describe(self) -> str:
+        """One line: duration, peak/total, headroom, utilisation, child memory."""
+        fb = display.format_bytes
+        parts = [f"duration={display.format_duration(self.duration_s)}"]
+        if self.gpu_count == 0:
+            parts.append("no GPU")
+        else:
+            parts.append(f"peak={fb(self.peak_used_bytes)}/{fb(self.total_bytes)}")
+            parts.append(f"headroom={fb(self.headroom_bytes)}")
+            mean = "n/a" if self.util_mean is None else f"{self.util_mean:.0f}%"
+            p95 = "n/a" if self.util_p95 is None else f"{self.util_p95}%"
+            parts.append(f"util mean {mean} p95 {p95}")
+            if self.attribution is not None:
+                parts.append(f"child {fb(self.child_peak_gpu_bytes)} by {self.attribution}")
+        if self.child_peak_rss_bytes is not None:
+            parts.append(f"RAM peak {fb(self.child_peak_rss_bytes)}")
+        return ", ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"Stats({self.describe()})"
+
+    def _repr_html_(self) -> str:
+        return display.html_pre(repr(self))
+
+
+class _NoGpu:
+    """The source used when NVML is not there: no devices."""
+
+    def device_count(self) -> int:
+        return 0
+
+    def read(self, index: int) -> Any:  # pragma: no cover - never called with no devices
+        raise IndexError(index)
+
+    def processes(self, index: int) -> list[tuple[int, int | None]]:  # pragma: no cover
+        return []
+
+
+def _default_source() -> Any:
+    try:
+        from . import gpu
+    except ImportError:
+        return _NoGpu()
+    try:
+        return gpu.source()
+    except Exception:  # NVML broken in a way the probe did not foresee: monitor without GPU
+        return _NoGpu()
+
+
+class _Accumulator:
+    """Running peak/mean/utilisation histogram of one GPU, so Stats cover more than the buffer."""
+
+    def __init__(self) -> None:
+        self.peak: int | None = None
+        self.used_sum = 0
+        self.used_n = 0
+        self.total: int | None = None
+        self.util_hist = [0] * 101
+        self.util_sum = 0
+        self.util_n = 0
+
+    def add(self, used: int | None, total: int | None, util: int | None) -> None:
+        if used is not None:
+            self.peak = used if self.peak is None else max(self.peak, used)
+            self.used_sum += used
+            self.used_n += 1
+        if total is not None:
+            self.total = total
+        if util is not None:
+            u = min(100, max(0, int(util)))
+            self.util_hist[u] += 1
+            self.util_sum += u
+            self.util_n += 1
+
+    def p95(self) -> int | None:
+        """Nearest-rank 95th percentile of the utilisation readings."""
+        if not self.util_n:
+            return None
+        rank = math.ceil(0.95 * self.util_n)
+        seen = 0
+        for value, count in enumerate(self.util_hist):
+            seen += count
+            if seen >= rank:
+                return value
+        return 100  # pragma: no cover
+
+    def stats(self, index: int) -> DeviceStats:
+        return DeviceStats(
+            index=index,
+            peak_used_bytes=self.peak,
+            mean_used_bytes=round(self.used_sum / self.used_n) if self.used_n else None,
+            total_bytes=self.total,
+            util_mean=self.util_sum / self.util_n if self.util_n else None,
+            util_p95=self.p95(),
+        )
+
+
+class _Tree:
+    """The watched process and its descendants, re-walked every ``refresh_s`` (a walk costs ~1.6 ms)."""
+
+    def __init__(self, pid: int, clock: Callable[[], float], refresh_s: float) -> None:
+        self.pid = pid
+        self.clock = clock
+        self.refresh_s = refresh_s
+        self.procs: list[Any] = []
+        self.next_walk = -math.inf
+
+    def _walk(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+            self.procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            self.procs = []
+
+    def read(self) -> tuple[set[int], int | None]:
+        """PIDs of the tree and the sum of their resident memory (``None`` once the tree is gone)."""
+        import psutil
+
+        now = self.clock()
+        if now >= self.next_walk:
+            self._walk()
+            self.next_walk = now + self.refresh_s
+        pids: set[int] = set()
+        rss = 0
+        alive = []
+        for proc in self.procs:
+            try:
+                rss += proc.memory_info().rss
+            except psutil.Error:
+                continue
+            pids.add(proc.pid)
+            alive.append(proc)
+        self.procs = alive
+        return pids, (rss if alive else None)
+
+
+class Sampler:
+    """Reads every GPU (and the watched process tree) every ``interval`` seconds on a daemon thread.
+
+    The thread is named ``colabkit-sampler``, sleeps in ``Event.wait`` on a drift-free schedule, keeps
+    the last ``max_samples`` samples in memory, and appends a row per sample to ``csv_path``.
+    ``sample_once()`` takes one sample synchronously: tests drive it with a scripted source and clock.
+
+    Args:
+        source: an object with ``device_count()``, ``read(i)`` and ``processes(i)`` (``colabkit.gpu.NvmlSource``);
+            ``None`` means the shared NVML source, or no GPU when NVML is absent.
+        clock: seconds, monotonic.
+        interval: seconds between samples (at least 0.05).
+        pid: root of the process tree whose memory is attributed (``None``: none yet, see ``watch()``).
+        csv_path: where to append ``metrics.csv`` rows, or ``None``.
+        max_samples: how many samples to keep in memory.
+        tree_refresh_s: how often the process tree is walked again.
+    """
+
+    def __init__(
+        self,
+        source: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        interval: float = 1.0,
+        pid: int | None = None,
+        csv_path: str | os.PathLike[str] | None = None,
+        max_samples: int = MAX_SAMPLES,
+        tree_refresh_s: float = TREE_REFRESH_S,
+    ) -> None:
+        if not interval or interval < MIN_INTERVAL:
+            raise ValueError(f"interval={interval!r} is too short: use at least {MIN_INTERVAL} seconds")
+        self.source = source if source is not None else _default_source()
+        self.clock = clock
+        self.interval = float(interval)
+        self.tree_refresh_s = tree_refresh_s
+        try:
+            self.gpu_count = int(self.source.device_count())
+        except Exception:
+            self.gpu_count = 0
+        self._lock = threading.Lock()
+        self._buffer: collections.deque[Sample] = collections.deque(maxlen=max_samples)
+        self._acc = [_Accumulator() for _ in range(self.gpu_count)]
+        self._child_peak: dict[str, int] = {}
+        self._rss_peak: int | None = None
+        self._n = 0
+        self._tree: _Tree | None = None
+        self._base_used: list[int | None] = []
+        self._base_pids: set[int] = set()
+        self._t0 = clock()
+        self._t_last = self._t0
+        self._csv_path = Path(csv_path) if csv_path is not None else None
+        self._csv_file: Any = None
+        self._csv: Any = None
+        self._csv_flushed = -math.inf
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None  # what stopped the thread, if anything did
+        if pid is not None:
+            self.watch(pid)
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def capture_baseline(self) -> None:
+        """Remember device memory and GPU processes now (call before launching the child)."""
+        used: list[int | None] = []
+        pids: set[int] = set()
+        for i in range(self.gpu_count):
+            used.append(self._read(i)[0])
+            pids.update(pid for pid, _ in self._processes(i))
+        self._base_used = used
+        self._base_pids = pids
+
+    def watch(self, pid: int) -> None:
+        """Attribute memory to the process tree rooted at ``pid`` from now on."""
+        self._tree = _Tree(pid, self.clock, self.tree_refresh_s)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _read(self, index: int) -> tuple[Any, Any, Any, Any, Any]:
+        try:
+            r = self.source.read(index)
+            return (r.used, r.total, r.util, r.temp, r.power_w)
+        except Exception:  # a lost GPU mid-run: record n/a, keep sampling
+            return (None, None, None, None, None)
+
+    def _processes(self, index: int) -> list[tuple[int, int | None]]:
+        try:
+            return list(self.source.processes(index))
+        except Exception:
+            return []
+
+    def _attribute(self, used: list[int | None], tree_pids: set[int]) -> tuple[int | None, str | None]:
+        if self.gpu_count == 0:
+            return None, None
+        procs = [p for i in range(self.gpu_count) for p in self._processes(i)]
+        if tree_pids:
+            mine = [b for pid, b in procs if pid in tree_pids]
+            if mine:
+                return sum(b or 0 for b in mine), PID
+        if self._tree is not None:
+            new = [b for pid, b in procs if pid not in self._base_pids]
+            if new:
+                return sum(b or 0 for b in new), NEW_PIDS
+        if self._base_used and len(self._base_used) == len(used):
+            deltas = [
+                u - b for u, b in zip(used, self._base_used, strict=False) if u is not None and b is not None
+            ]
+            if deltas:
+                return max(0, sum(deltas)), BASELINE
+        return None, None
+
+    def sample_once(self) -> Sample:
+        """Take one sample now, record it and return it."""
+        now = self.clock()
+        reads = [self._read(i) for i in range(self.gpu_count)]
+        tree_pids: set[int] = set()
+        rss = None
+        if self._tree is not None:
+            tree_pids, rss = self._tree.read()
+        used = [r[0] for r in reads]
+        child, method = self._attribute(used, tree_pids)
+        sample = Sample(
+            t=now - self._t0,
+            used=tuple(used),
+            total=tuple(r[1] for r in reads),
+            util=tuple(r[2] for r in reads),
+            temp=tuple(r[3] for r in reads),
+            power_w=tuple(r[4] for r in reads),
+            child_gpu_bytes=child,
+            child_rss_bytes=rss,
+            attribution=method,
+        )
+        with self._lock:
+            self._buffer.append(sample)
+            self._n += 1
+            self._t_last = now
+            for acc, r in zip(self._acc, reads, strict=False):
+                acc.add(r[0], r[1], r[2])
+            if method is not None and child is not None:
+                self._child_peak[method] = max(child, self._child_peak.get(method, 0))
+            if rss is not None:
+                self._rss_peak = rss if self._rss_peak is None else max(self._rss_peak, rss)
+        self._write_csv(sample, now)
+        return sample
+
+    # -- metrics.csv ------------------------------------------------------------------------------
+    def _header(self) -> list[str]:
+        cols = ["t_s"]
+        for i in range(self.gpu_count):
+            cols += [
+                f"gpu{i}_used_bytes",
+                f"gpu{i}_total_bytes",
+                f"gpu{i}_util_pct",
+                f"gpu{i}_temp_c",
+                f"gpu{i}_power_w",
+            ]
+        return cols + ["child_gpu_bytes", "child_rss_bytes", "attribution"]
+
+    def _write_csv(self, s: Sample, now: float) -> None:
+        if self._csv_path is None:
+            return
+        if self._csv is None:
+            new = not self._csv_path.exists() or self._csv_path.stat().st_size == 0
+            self._csv_file = open(self._csv_path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+            self._csv = csv.writer(self._csv_file)
+            if new:
+                self._csv.writerow(self._header())
+        row: list[Any] = [f"{s.t:.3f}"]
+        for i in range(self.gpu_count):
+            row += [s.used[i], s.total[i], s.util[i], s.temp[i], s.power_w[i]]
+        row += [s.child_gpu_bytes, s.child_rss_bytes, s.attribution]
+        self._csv.writerow(["" if v is None else v for v in row])
+        if now - self._csv_flushed >= CSV_FLUSH_S:
+            self._csv_file.flush()
+            self._csv_flushed = now
+
+    # -- thread -------------------------------------------------------------------------------------
+    def start(self) -> Sampler:
+        """Start the sampler thread (takes a first sample at once)."""
+        if self._thread is not None:
+            return self
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="colabkit-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        next_t = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                self.sample_once()
+                next_t += self.interval
+                delay = next_t - time.monotonic()
+                if delay < 0:  # fell behind (a slow read): skip the missed ticks instead of bursting
+                    next_t = time.monotonic() + self.interval
+                    delay = self.interval
+                self._stop.wait(delay)
+        except BaseException as exc:  # keep the run going; the monitor reports what stopped it
+            self.error = exc
+
+    def stop(self) -> Stats:
+        """Stop the thread, take a last sample, close ``metrics.csv`` and return the Stats."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            thread.join()
+            if self.error is None:
+                self.sample_once()
+        if self._csv_file is not None:
+            self._csv_file.close()
+            self._csv_file = None
+            self._csv = None
+        return self.stats()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    # -- results ------------------------------------------------------------------------------------
+    @property
+    def samples(self) -> tuple[Sample, ...]:
+        with self._lock:
+            return tuple(self._buffer)
+
+    @property
+    def latest(self) -> Sample | None:
+        with self._lock:
+            return self._buffer[-1] if self._buffer else None
+
+    def peak_used(self) -> int | None:
+        """Highest device memory used so far on any GPU (cheap: for the live status line)."""
+        with self._lock:
+            peaks = [a.peak for a in self._acc if a.peak is not None]
+        return max(peaks) if peaks else None
+
+    def stats(self) -> Stats:
+        """Stats over everything sampled so far (not only what the buffer still holds)."""
+        with self._lock:
+            method = min(self._child_peak, key=_METHOD_RANK.__getitem__) if self._child_peak else None
+            return Stats(
+                duration_s=max(0.0, self._t_last - self._t0),
+                n_samples=self._n,
+                gpu_count=self.gpu_count,
+                devices=tuple(acc.stats(i) for i, acc in enumerate(self._acc)),
+                child_peak_gpu_bytes=self._child_peak.get(method) if method else None,
+                attribution=method,
+                child_peak_rss_bytes=self._rss_peak,
+            )
+
+
+class Monitor:
+    """The live handle ``monitor()`` yields: samples and stats of the code it surrounds.
+
+    Examples:
+        >>> with colabkit.monitor(interval=0.5) as m:
+        ...     train()
+        >>> m.stats.peak_used_bytes
+        10523508736
+    """
+
+    def __init__(self, sampler: Sampler) -> None:
+        self._sampler = sampler
+        self._stats: Stats | None = None
+
+    @property
+    def samples(self) -> tuple[Sample, ...]:
+        return self._sampler.samples
+
+    @property
+    def latest(self) -> Sample | None:
+        return self._sampler.latest
+
+    @property
+    def stats(self) -> Stats:
+        return self._stats if self._stats is not None else self._sampler.stats()
+
+    @property
+    def running(self) -> bool:
+        return self._sampler.running
+
+    def stop(self) -> Stats:
+        """Stop sampling (``monitor()`` does this on exit) and return the final Stats."""
+        if self._stats is None:
+            self._stats = self._sampler.stop()
+        return self._stats
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Monitor {state}: {self.stats.describe()}>"
+
+    def _repr_html_(self) -> str:
+        return display.html_pre(repr(self))
+
+
+@contextmanager
+def monitor(
+    interval: float = 1.0, *, source: Any = None, csv_path: str | os.PathLike[str] | None = None
+) -> Iterator[Monitor]:
+    """Monitor GPU memory and this process's RAM around in-process code.
+
+    Args:
+        interval: seconds between samples (at least 0.05).
+        source: NVML source override (tests); ``None`` uses the shared NVML session.
+        csv_path: optional file to append one row per sample to.
+
+    Returns:
+        A context manager yielding a ``Monitor``; its ``stats`` are final after the block.
+
+    Raises:
+        ValueError: ``interval`` below 0.05 seconds.
+
+    Examples:
+        >>> with colabkit.monitor() as m:
+        ...     model.fit(x, y)
+        >>> m
+        <Monitor stopped: duration=42.0s, peak=9.8 GiB/15.0 GiB, headroom=5.2 GiB, util mean 81% p95 99%, ...>
+    """
+    sampler = Sampler(source, interval=interval, pid=os.getpid(), csv_path=csv_path)
+    if sampler.gpu_count == 0:
+        display.note("colabkit.monitor: no NVIDIA GPU visible (NVML found none); tracking RAM and time only")
+    sampler.capture_baseline()
+    handle = Monitor(sampler)
+    sampler.start()
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+# -- colabkit watch --------------------------------------------------------------------------------
+def _watch_frame(source: Any, processes: list[Any]) -> str:
+    fb = display.format_bytes
+    lines = [time.strftime("%H:%M:%S")]
+    count = 0
+    try:
+        count = int(source.device_count())
+    except Exception:
+        count = 0
+    if count == 0:
+        lines.append("no NVIDIA GPU visible (NVML found none)")
+    for i in range(count):
+        try:
+            r = source.read(i)
+            used, total, util, temp, power = r.used, r.total, r.util, r.temp, r.power_w
+        except Exception:
+            used = total = util = temp = power = None
+        lines.append(
+            f"GPU {i}: {fb(used)} / {fb(total)}  util {display.na(util, '%')}  "
+            f"{display.na(temp, '°C')}  {display.na(power if power is None else round(power), ' W')}"
+        )
+        for proc in processes:
+            if getattr(proc, "gpu_index", None) == i:
+                cmd = (getattr(proc, "command", None) or "")[:60]
+                lines.append(f"  pid {proc.pid:>7}  {fb(proc.used_bytes):>10}  {cmd}")
+    try:
+        import psutil
+
+        vm = psutil.virtual_memory()
+        lines.append(f"RAM: {fb(vm.total - vm.available)} / {fb(vm.total)}")
+    except Exception:
+        pass
+    return "\n".join(lines)
+
+
+def _gpu_processes() -> list[Any]:
+    try:
+        from . import gpu
+
+        return list(gpu.gpu_processes())
+    except Exception:
+        return []
+
+
+def _cli_configure_watch(parser: Any) -> None:
+    parser.add_argument(
+        "-n",
+        "--interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between updates (default 2)",
+    )
+    parser.add_argument("--count", type=int, default=None, metavar="N", help="stop after N updates")
+
+
+def _cli_watch(args: Any) -> int:
+    interval = max(MIN_INTERVAL, float(args.interval))
+    source = _default_source()
+    stop = threading.Event()
+    n = 0
+    while args.count is None or n < args.count:
+        display.frame(_watch_frame(source, _gpu_processes()), first=n == 0)
+        n += 1
+        if args.count is not None and n >= args.count:
+            break
+        stop.wait(interval)
+    return 0

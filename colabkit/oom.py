@@ -1,0 +1,76 @@
+"""Recognise a CUDA out-of-memory crash in a child's stderr (PyTorch, TensorFlow, JAX) and say what to do."""
+
+from __future__ import annotations
+
+import re
+
+from . import display
+
+__all__ = ["advice", "detect", "message", "tried_bytes"]
+
+# (framework, pattern) in the wording each framework prints
+_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("pytorch", re.compile(r"CUDA out of memory|torch\.(?:cuda\.)?OutOfMemoryError")),
+    (
+        "tensorflow",
+        re.compile(r"ResourceExhaustedError[\s\S]{0,2000}?OOM when allocating|OOM when allocating tensor"),
+    ),
+    ("jax", re.compile(r"RESOURCE_EXHAUSTED: Out of memory")),
+)
+_TRIED = re.compile(r"Tried to allocate (\d+(?:\.\d+)?) (B|KiB|MiB|GiB|TiB)")
+_UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
+
+
+def detect(text: str) -> str | None:
+    """The framework whose CUDA out-of-memory message ``text`` holds (``"pytorch"``, ``"tensorflow"``, ``"jax"``), else ``None``."""
+    for framework, pattern in _PATTERNS:
+        if pattern.search(text):
+            return framework
+    return None
+
+
+def tried_bytes(text: str) -> int | None:
+    """The size of the allocation that failed, from PyTorch's "Tried to allocate 2.00 GiB"."""
+    found = _TRIED.findall(text)
+    if not found:
+        return None
+    value, unit = found[-1]
+    return int(float(value) * _UNITS[unit])
+
+
+def advice(framework: str | None) -> str:
+    """What to change, as instructions."""
+    steps = [
+        "halve the batch size (and raise gradient accumulation steps to keep the effective batch)",
+        "use mixed precision (torch.autocast('cuda', dtype=torch.float16) with a GradScaler; bfloat16 on Ampere or newer)"
+        if framework in (None, "pytorch")
+        else "use mixed precision (tf.keras.mixed_precision.set_global_policy('mixed_float16') / jax bfloat16 params)",
+        "enable gradient checkpointing (model.gradient_checkpointing_enable() or torch.utils.checkpoint)",
+    ]
+    if framework in (None, "pytorch"):
+        steps.append(
+            "against fragmentation, run with env={'PYTORCH_CUDA_ALLOC_CONF': 'expandable_segments:True'}"
+        )
+    if framework == "tensorflow":
+        steps.append("set TF_FORCE_GPU_ALLOW_GROWTH=true so TensorFlow does not grab all memory up front")
+    if framework == "jax":
+        steps.append(
+            "set XLA_PYTHON_CLIENT_PREALLOCATE=false so JAX does not reserve 75 % of the GPU up front"
+        )
+    return "; ".join(steps) + "."
+
+
+def message(
+    framework: str | None, script: str, peak: int | None, total: int | None, tried: int | None
+) -> str:
+    """The first line of ``CudaOutOfMemory``: which script, the peak seen and the GPU's total."""
+    name = {"pytorch": "PyTorch", "tensorflow": "TensorFlow", "jax": "JAX"}.get(
+        framework or "", "the framework"
+    )
+    text = (
+        f"{script} ran out of GPU memory ({name}): peak seen {display.format_bytes(peak)} "
+        f"of {display.format_bytes(total)}"
+    )
+    if tried is not None:
+        text += f", failed allocating {display.format_bytes(tried)} more"
+    return text

@@ -1,0 +1,85 @@
+"""CUDA out-of-memory recognition on the messages PyTorch, TensorFlow and JAX really print."""
+
+from __future__ import annotations
+
+import pytest
+
+from colabkit import oom
+
+TORCH_2 = (
+    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+    "14.75 GiB of which 1.06 GiB is free. Process 12345 has 13.69 GiB memory in use. Of the allocated memory "
+    "13.50 GiB is allocated by PyTorch, and 52.00 MiB is reserved by PyTorch but unallocated. If reserved but "
+    "unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid "
+    "fragmentation.  See documentation for Memory Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)"
+)
+TORCH_1 = (
+    "RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 14.76 GiB total capacity; "
+    "13.41 GiB already allocated; 5.75 MiB free; 13.60 GiB reserved in total by PyTorch)"
+)
+TORCH_CUDA_CLASS = "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 512.00 MiB."
+TF = (
+    "tensorflow.python.framework.errors_impl.ResourceExhaustedError: {{function_node "
+    "__wrapped__MatMul_device_/job:localhost/replica:0/task:0/device:GPU:0}} OOM when allocating tensor with "
+    "shape[32768,32768] and type float on /job:localhost/replica:0/task:0/device:GPU:0 by allocator GPU_0_bfc [Op:MatMul]"
+)
+TF_SPLIT = "ResourceExhaustedError: Graph execution error:\n\nDetected at node 'dense/MatMul'\nOOM when allocating tensor with shape[4096,4096]"
+JAX = "jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 34359738368 bytes."
+
+
+@pytest.mark.parametrize(
+    ("text", "framework"),
+    [
+        (TORCH_2, "pytorch"),
+        (TORCH_1, "pytorch"),
+        (TORCH_CUDA_CLASS, "pytorch"),
+        (TF, "tensorflow"),
+        (TF_SPLIT, "tensorflow"),
+        (JAX, "jax"),
+    ],
+)
+def test_recognised(text, framework):
+    assert oom.detect('Traceback (most recent call last):\n  File "train.py", line 9\n' + text) == framework
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "RuntimeError: CUDA error: device-side assert triggered",
+        "MemoryError",
+        "RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate 8589934592 bytes.",
+        "ResourceExhaustedError: quota exceeded for bucket",
+        "",
+    ],
+)
+def test_not_an_oom(text):
+    assert oom.detect(text) is None
+
+
+def test_tried_allocation_is_parsed():
+    assert oom.tried_bytes(TORCH_2) == 2 * 1024**3
+    assert oom.tried_bytes(TORCH_1) == 20 * 1024**2
+    assert oom.tried_bytes(TF) is None
+
+
+def test_advice_names_the_concrete_fixes():
+    text = oom.advice("pytorch")
+    for needle in (
+        "batch size",
+        "mixed precision",
+        "gradient checkpointing",
+        "PYTORCH_CUDA_ALLOC_CONF': 'expandable_segments:True",
+    ):
+        assert needle in text
+    assert "TF_FORCE_GPU_ALLOW_GROWTH=true" in oom.advice("tensorflow")
+    assert "XLA_PYTHON_CLIENT_PREALLOCATE=false" in oom.advice("jax")
+
+
+def test_message_names_peak_total_and_the_failed_allocation():
+    assert oom.message("pytorch", "train.py", 14 * 1024**3, 15 * 1024**3, 2 * 1024**3) == (
+        "train.py ran out of GPU memory (PyTorch): peak seen 14.0 GiB of 15.0 GiB, failed allocating 2.0 GiB more"
+    )
+    assert (
+        oom.message("jax", "t.py", None, None, None)
+        == "t.py ran out of GPU memory (JAX): peak seen n/a of n/a"
+    )

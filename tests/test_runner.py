@@ -1,0 +1,528 @@
+"""run() with real children: streaming, \\r lines, throttling, exit statuses, timeout, interrupt, the run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import types
+from pathlib import Path
+
+import psutil
+import pytest
+from test_display import screen
+
+from colabkit import cli, runner
+from colabkit.errors import CudaOutOfMemory, RunFailed, ScriptNotFound
+from colabkit.runner import RunResult, run
+
+GIB = 1024**3
+
+
+@pytest.fixture
+def proj(tmp_path, monkeypatch):
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(runner, "_project_dir", lambda: None)  # no project open: runs go under the cwd
+    return folder
+
+
+def script(folder: Path, name: str, body: str) -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def only_run_dir(folder: Path) -> Path:
+    (run_dir,) = (folder / "runs").iterdir()
+    return run_dir
+
+
+def test_finished_run_writes_the_run_folder(proj, capsys):
+    script(proj, "train.py", "import sys\nprint('args', sys.argv[1:])\n")
+    r = run("train.py", "--epochs", 3, interval=0.05)
+    assert isinstance(r, RunResult)
+    assert (r.status, r.returncode) == ("finished", 0)
+    run_dir = only_run_dir(proj)
+    assert r.log_dir == run_dir and r.log_path == run_dir / "output.log"
+    assert run_dir.name.endswith("-train") and len(run_dir.name) == len("20260101-120000-train")
+    assert r.log_path.read_text() == "args ['--epochs', '3']\n"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary) == {
+        "schema", "status", "script", "args", "started", "ended", "duration_s", "returncode", "pid",
+        "pid_create_time", "boot_id", "hostname", "peak_gpu_bytes", "gpu_total_bytes",
+        "framework_peak_bytes", "attribution", "log",
+    }  # fmt: skip
+    assert summary["schema"] == 1 and summary["status"] == "finished" and summary["returncode"] == 0
+    assert (
+        summary["script"] == "train.py"
+        and summary["args"] == ["--epochs", "3"]
+        and summary["log"] == "output.log"
+    )
+    assert summary["started"].endswith("Z") and summary["ended"].endswith("Z")
+    assert summary["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert isinstance(summary["pid"], int) and isinstance(summary["pid_create_time"], float)
+    assert summary["duration_s"] == pytest.approx(r.duration_s, abs=0.01)
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("t_s,") and len(rows) >= 2
+    assert r.samples and r.samples[-1].child_rss_bytes is None or r.samples[0].child_rss_bytes > 0
+    out = capsys.readouterr().out
+    assert "args ['--epochs', '3']" in out and "train.py finished (exit status 0)" in out
+    assert repr(r).startswith("RunResult(status='finished', returncode=0, duration=")
+    assert r.check() is r
+    assert "&lt;" not in r._repr_html_() and r._repr_html_().startswith("<pre>train.py finished")
+
+
+def test_summary_says_running_while_the_child_runs(proj, monkeypatch):
+    script(
+        proj,
+        "slow.py",
+        "import sys\nprint('ready', flush=True)\nsys.stdin.read() if False else __import__('time').sleep(0.5)\n",
+    )
+    seen = []
+
+    def hook(state):
+        if "ready" in state.seen and not seen:
+            seen.append(json.loads((state.run_dir / "summary.json").read_text()))
+
+    monkeypatch.setattr(runner, "_loop_hook", hook)
+    r = run("slow.py", interval=0.05)
+    assert (
+        seen and seen[0]["status"] == "running" and seen[0]["ended"] is None and seen[0]["returncode"] is None
+    )
+    assert seen[0]["pid"] == json.loads((r.log_dir / "summary.json").read_text())["pid"]
+    proc_create = seen[0]["pid_create_time"]
+    assert abs(proc_create - time.time()) < 60
+
+
+def test_stdout_and_stderr_stream_in_order(proj, capsys):
+    script(
+        proj,
+        "talk.py",
+        """
+        import sys, time
+        for i in range(10):
+            print(f"out {i}")
+            time.sleep(0.02)
+            print(f"err {i}", file=sys.stderr)
+            time.sleep(0.02)
+        """,
+    )
+    r = run("talk.py", monitor=False)
+    expected = [f"{s} {i}" for i in range(10) for s in ("out", "err")]
+    assert r.log_path.read_text().splitlines() == expected
+    shown = [line for line in capsys.readouterr().out.splitlines() if line[:4] in ("out ", "err ")]
+    assert shown == expected
+
+
+def test_carriage_return_progress_stays_on_one_line(proj, capsys, monkeypatch):
+    monkeypatch.setenv("COLABKIT_DISPLAY", "terminal")
+    script(
+        proj,
+        "bar.py",
+        """
+        import sys
+        print("begin")
+        for i in range(3000):
+            sys.stderr.write(f"\\r{i:5d}/2999 |" + "#" * (i // 300))
+        sys.stderr.write("\\n")
+        print("end")
+        """,
+    )
+    r = run("bar.py", monitor=False)
+    log = r.log_path.read_bytes().decode()
+    assert log.count("\r") == 3000  # the log keeps every update
+    raw = capsys.readouterr().out
+    assert raw.count("/2999 |") < 100  # the screen got a handful of redraws, not 3000 lines
+    visible = screen(raw)
+    assert "begin" in visible and "end" in visible
+    assert " 2999/2999 |#########" in visible
+    assert not any("/2999 |" in line and "2999/2999" not in line for line in visible)
+
+
+def test_a_flood_of_lines_is_throttled_and_the_log_keeps_everything(proj, capsys):
+    script(
+        proj,
+        "flood.py",
+        "import sys\nw = sys.stdout.write\nfor i in range(100_000):\n    w(f'line {i}\\n')\n",
+    )
+    t0 = time.monotonic()
+    r = run("flood.py", monitor=False)
+    elapsed = time.monotonic() - t0
+    lines = r.log_path.read_text().splitlines()
+    assert len(lines) == 100_000 and lines[0] == "line 0" and lines[-1] == "line 99999"
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) < 3000
+    assert any(line.startswith("... ") and line.endswith(" lines not shown, see output.log") for line in out)
+    assert "line 99999" in out  # the end is always shown
+    assert elapsed < 20
+
+
+def test_non_zero_exit_raises_run_failed_with_the_stderr_tail(proj):
+    script(
+        proj,
+        "bad.py",
+        """
+        import sys
+        for i in range(30):
+            print(f"warning {i}", file=sys.stderr)
+        def load():
+            raise FileNotFoundError("data/train.csv")
+        load()
+        """,
+    )
+    with pytest.raises(RunFailed, match=r"bad\.py exited with exit status 1; last lines of stderr:") as info:
+        run("bad.py", interval=0.05)
+    err = info.value
+    assert type(err) is RunFailed
+    assert err.returncode == 1
+    tail = err.stderr_tail.splitlines()
+    assert len(tail) == 20 and tail[-1] == "FileNotFoundError: data/train.csv"
+    assert 'bad.py", line 6, in load' in err.stderr_tail
+    assert "colabkit" not in err.stderr_tail  # no bootstrap frames in the traceback
+    assert err.log_path == str(only_run_dir(proj) / "output.log")
+    assert err.hint == f"Fix the error shown above and run again; the full output is in {err.log_path}"
+    assert err.result.status == "failed"
+    assert json.loads((only_run_dir(proj) / "summary.json").read_text())["status"] == "failed"
+
+
+def test_check_false_returns_the_result_and_check_raises(proj):
+    script(proj, "three.py", "import sys\nsys.exit(3)\n")
+    r = run("three.py", check=False, monitor=False)
+    assert (r.status, r.returncode) == ("failed", 3)
+    with pytest.raises(RunFailed, match="three.py exited with exit status 3 and wrote nothing to stderr"):
+        r.check()
+
+
+def test_death_by_signal_is_named(proj):
+    script(proj, "die.py", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    with pytest.raises(RunFailed, match="die.py exited with signal SIGKILL") as info:
+        run("die.py", monitor=False)
+    assert info.value.returncode == -9
+
+
+def test_cuda_out_of_memory_is_recognised(proj):
+    script(
+        proj,
+        "oom.py",
+        """
+        import sys
+        sys.stderr.write("Traceback (most recent call last):\\n  File \\"oom.py\\", line 9, in <module>\\n")
+        sys.stderr.write("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                         "capacity of 14.75 GiB of which 1.06 GiB is free.\\n")
+        sys.exit(1)
+        """,
+    )
+    with pytest.raises(CudaOutOfMemory) as info:
+        run("oom.py", interval=0.05)
+    err = info.value
+    assert isinstance(err, RunFailed) and err.returncode == 1
+    assert str(err).startswith(
+        "oom.py ran out of GPU memory (PyTorch): peak seen n/a of n/a, failed allocating 2.0 GiB more\n"
+    )
+    assert err.peak_bytes is None and err.total_bytes is None  # no GPU here: nothing seen
+    assert err.hint.startswith("To fit in memory: halve the batch size")
+    assert "expandable_segments:True" in err.hint and "gradient checkpointing" in err.hint
+    assert "CUDA out of memory" in err.stderr_tail
+
+
+def test_timeout_stops_the_group_and_says_interrupted(proj):
+    script(proj, "forever.py", "import time\nprint('ready', flush=True)\nwhile True:\n    time.sleep(0.05)\n")
+    with pytest.raises(RunFailed, match=r"forever\.py was stopped by timeout=0\.5s after") as info:
+        run("forever.py", timeout=0.5, interval=0.05)
+    err = info.value
+    assert err.hint.startswith("Pass a larger timeout= (or timeout=None) to run()")
+    assert err.result.status == "interrupted" and err.returncode == -2  # SIGINT ended it
+    summary = json.loads((only_run_dir(proj) / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["returncode"] == -2
+    assert runner._group_members(summary["pid"]) == []
+    log = err.result.log_path.read_text()
+    assert log.startswith("ready\n") and "[colabkit] run interrupted (timeout)" in log
+    assert "KeyboardInterrupt" in log
+
+
+def test_a_child_that_ignores_sigint_and_sigterm_is_killed(proj, monkeypatch):
+    monkeypatch.setattr(runner, "INT_GRACE_S", 0.3)
+    monkeypatch.setattr(runner, "TERM_GRACE_S", 0.3)
+    script(
+        proj,
+        "stubborn.py",
+        """
+        import signal, time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ready", flush=True)
+        while True:
+            time.sleep(0.05)
+        """,
+    )
+    r = run("stubborn.py", timeout=0.3, check=False, monitor=False)
+    assert (r.status, r.returncode, r.reason) == ("interrupted", -9, "timeout")
+    assert runner._group_members(json.loads((r.log_dir / "summary.json").read_text())["pid"]) == []
+
+
+def test_keyboard_interrupt_ends_the_whole_group_including_grandchildren(proj, monkeypatch):
+    monkeypatch.setattr(runner, "INT_GRACE_S", 0.5)
+    script(
+        proj,
+        "parent.py",
+        """
+        import subprocess, sys, time
+        # the grandchild ignores SIGINT: only the SIGTERM that follows ends it
+        kid = subprocess.Popen([sys.executable, "-c",
+            "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('kid up', flush=True); time.sleep(60)"])
+        time.sleep(0.01)
+        print(f"grandchild {kid.pid}", flush=True)
+        while True:
+            time.sleep(0.05)
+        """,
+    )
+    state_seen = {}
+
+    def hook(state):
+        if "kid up" in state.seen and "grandchild " in state.seen and "pid" not in state_seen:
+            state_seen["pid"] = state.pid
+            state_seen["kid"] = int(state.seen.split("grandchild ")[1].split()[0])
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_loop_hook", hook)
+    with pytest.raises(KeyboardInterrupt):
+        run("parent.py", interval=0.05)
+    assert runner._group_members(state_seen["pid"]) == []
+    kid = state_seen["kid"]
+    assert not psutil.pid_exists(kid) or psutil.Process(kid).status() == psutil.STATUS_ZOMBIE
+    run_dir = only_run_dir(proj)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["ended"] is not None
+    assert "[colabkit] run interrupted (interrupt)" in (run_dir / "output.log").read_text()
+
+
+def test_leftover_processes_after_a_normal_exit_are_ended(proj, monkeypatch):
+    monkeypatch.setattr(runner, "PIPE_GRACE_S", 0.2)
+    script(
+        proj,
+        "leaves.py",
+        """
+        import subprocess, sys
+        kid = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        print(f"grandchild {kid.pid}", flush=True)
+        """,
+    )
+    r = run("leaves.py", monitor=False)
+    assert r.status == "finished"
+    log = r.log_path.read_text()
+    kid = int(log.split("grandchild ")[1].split()[0])
+    assert "[colabkit] ending 1 leftover process(es) of the run" in log
+    assert not psutil.pid_exists(kid) or psutil.Process(kid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_missing_script_is_named_with_the_folder_contents(proj):
+    script(proj, "train.py", "")
+    with pytest.raises(ScriptNotFound, match=r"script not found: .*/proj/tain\.py") as info:
+        run("tain.py")
+    assert isinstance(info.value, FileNotFoundError)
+    assert info.value.path == str(proj / "tain.py")
+    assert f"{proj} holds train.py" in info.value.hint
+    assert not (proj / "runs").exists()
+
+
+def test_cwd_env_and_the_child_environment(proj, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    script(
+        other,
+        "env.py",
+        """
+        import json, os
+        print(json.dumps({k: os.environ.get(k) for k in ("PYTHONUNBUFFERED", "MPLBACKEND", "LR", "COLABKIT_CHILD_REPORT")}))
+        print(os.getcwd())
+        """,
+    )
+    r = run("env.py", cwd=other, env={"LR": "0.1"}, monitor=False)
+    first, cwd = r.log_path.read_text().splitlines()
+    assert json.loads(first) == {
+        "PYTHONUNBUFFERED": "1",
+        "MPLBACKEND": "Agg",
+        "LR": "0.1",
+        "COLABKIT_CHILD_REPORT": None,
+    }
+    assert cwd == str(other)
+    assert r.log_dir.parent == other / "runs"
+
+
+def test_raw_runs_the_script_without_the_bootstrap(proj):
+    script(proj, "which.py", "import sys\nprint('colabkit' in sys.modules)\n")
+    assert run("which.py", monitor=False).log_path.read_text() == "True\n"
+    assert run("which.py", monitor=False, raw=True).log_path.read_text() == "False\n"
+
+
+def test_framework_peak_comes_from_the_childs_report(proj, monkeypatch):
+    (proj / "torch.py").write_text(
+        textwrap.dedent(
+            """
+            class cuda:
+                is_initialized = staticmethod(lambda: True)
+                device_count = staticmethod(lambda: 1)
+                max_memory_allocated = staticmethod(lambda i: 3 * 1024**3)
+                max_memory_reserved = staticmethod(lambda i: 4 * 1024**3)
+            """
+        )
+    )
+    script(proj, "t.py", "import torch\n")
+    r = run("t.py", interval=0.05)
+    assert (r.framework_peak_bytes, r.framework_reserved_bytes) == (3 * GIB, 4 * GIB)
+    assert json.loads((r.log_dir / "summary.json").read_text())["framework_peak_bytes"] == 3 * GIB
+    assert "torch peak: 3.0 GiB allocated, 4.0 GiB reserved" in r.summary()
+    assert not list(r.log_dir.glob(".framework*"))
+
+
+def test_release_runs_whatever_the_outcome(proj, monkeypatch):
+    calls = []
+    monkeypatch.setitem(
+        sys.modules, "colabkit.session", types.SimpleNamespace(release=lambda: calls.append("release"))
+    )
+    script(proj, "ok.py", "")
+    script(proj, "fail.py", "raise SystemExit(2)")
+    run("ok.py", monitor=False, release=True)
+    assert calls == ["release"]
+    with pytest.raises(RunFailed):
+        run("fail.py", monitor=False, release=True)
+    assert calls == ["release", "release"]
+
+
+@pytest.fixture
+def stale(proj):
+    """A process left by an 'earlier run': its own group, recorded in a run folder's summary.json."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    run_dir = proj / "runs" / "20200101-000000-old"
+    run_dir.mkdir(parents=True)
+    summary = {
+        "schema": 1, "status": "running", "script": "old.py", "args": [], "pid": proc.pid,
+        "pid_create_time": psutil.Process(proc.pid).create_time(), "boot_id": runner._boot_id(),
+    }  # fmt: skip
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def test_stale_processes_of_earlier_runs_are_reported(proj, stale, capsys):
+    script(proj, "new.py", "")
+    run("new.py", monitor=False)
+    out = capsys.readouterr().out
+    assert f"colabkit: pid {stale.pid} from the earlier run 20200101-000000-old is still running" in out
+    assert "colabkit: pass kill_stale=True to run() to end these processes first" in out
+    assert stale.poll() is None
+
+
+def test_kill_stale_ends_only_processes_of_earlier_runs(proj, stale, capsys):
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        # a run folder that points at a recycled pid (other create time) must not be touched
+        fake = proj / "runs" / "20200101-000001-recycled"
+        fake.mkdir()
+        ctime = psutil.Process(bystander.pid).create_time() - 1000
+        (fake / "summary.json").write_text(
+            json.dumps({"pid": bystander.pid, "pid_create_time": ctime, "boot_id": ""})
+        )
+        script(proj, "new.py", "")
+        run("new.py", monitor=False, kill_stale=True)
+        stale.wait(10)  # reaped by the check already (it is our child here), so only its absence tells
+        assert not psutil.pid_exists(stale.pid)
+        assert bystander.poll() is None
+        assert "colabkit: ended 1 process(es) left by earlier runs" in capsys.readouterr().out
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_the_kernel_and_its_ancestors_are_protected():
+    protected = runner._protected_pids()
+    assert os.getpid() in protected and os.getppid() in protected and 1 in protected
+
+
+def test_cli_run_exits_with_the_childs_status(proj, capsys):
+    script(proj, "five.py", "import sys\nprint(sys.argv[1:])\nsys.exit(5)\n")
+    assert cli.main(["run", "--no-monitor", "five.py", "--lr", "3"]) == 5
+    assert "['--lr', '3']" in capsys.readouterr().out
+
+
+def test_interval_below_the_minimum_is_refused(proj):
+    script(proj, "x.py", "")
+    with pytest.raises(ValueError, match="interval=0.01 is too short"):
+        run("x.py", interval=0.01)
+
+
+def test_plot_without_matplotlib_says_how_to_install(proj, monkeypatch):
+    script(proj, "x.py", "")
+    r = run("x.py", interval=0.05)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(
+        ImportError, match=r"needs matplotlib, which is not installed: run `pip install matplotlib`"
+    ) as info:
+        r.plot()
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+@pytest.mark.gpu
+def test_torch_child_peak_matches_torch_and_nvml_sees_at_least_that(proj):
+    pytest.importorskip("torch")
+    script(
+        proj,
+        "alloc.py",
+        """
+        import torch
+        x = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")   # 2 GiB
+        y = torch.empty(1024**3, dtype=torch.uint8, device="cuda")       # +1 GiB: peak 3 GiB
+        del y
+        torch.cuda.synchronize()
+        import time; time.sleep(1.0)
+        """,
+    )
+    r = run("alloc.py", interval=0.1)
+    assert r.framework_peak_bytes == pytest.approx(3 * GIB, rel=0.01)
+    assert r.stats.peak_used_bytes >= r.framework_peak_bytes
+    assert r.attribution in ("pid", "new-pids", "baseline")
+    assert r.stats.child_peak_gpu_bytes >= 2 * GIB
+
+
+def test_plot_draws_memory_and_utilisation(tmp_path):
+    pytest.importorskip("matplotlib")
+    from colabkit.monitoring import Sample
+
+    samples = tuple(
+        Sample(
+            t=float(i),
+            used=(i * GIB, None if i == 3 else GIB),
+            total=(16 * GIB, 16 * GIB),
+            util=(10 * i, None),
+            temp=(60, 61),
+            power_w=(70.0, None),
+            child_gpu_bytes=i * GIB,
+            child_rss_bytes=GIB,
+            attribution="pid",
+        )
+        for i in range(6)
+    )
+    r = RunResult(
+        returncode=0,
+        status="finished",
+        duration_s=5.0,
+        log_dir=tmp_path,
+        log_path=tmp_path / "output.log",
+        samples=samples,
+        script="t.py",
+    )
+    path = r.plot()
+    assert path == tmp_path / "gpu.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    other = r.plot(tmp_path / "other.png")
+    assert other.stat().st_size > 1000
