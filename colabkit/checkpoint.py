@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import _procs
 from .errors import CheckpointError
 
 __all__ = ["latest", "load", "save"]
@@ -53,21 +54,11 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_temps(folder: Path) -> None:
     """Delete temp files left by saves that were killed (their writer is gone)."""
     for entry in folder.iterdir():
         m = _TEMP.match(entry.name)
-        if m and int(m.group("pid")) != os.getpid() and not _pid_alive(int(m.group("pid"))):
+        if m and int(m.group("pid")) != os.getpid() and not _procs.alive(int(m.group("pid"))):
             with contextlib.suppress(OSError):
                 entry.unlink()
 

@@ -32,13 +32,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"colabkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in _COMMANDS.items():
-        try:
-            module = importlib.import_module(f"colabkit.{module_name}")
-        except ImportError:  # a command whose module is not there yet
-            continue
-        configure = getattr(module, f"_cli_configure_{name}", None)
-        if configure is None:
-            continue
+        module = importlib.import_module(f"colabkit.{module_name}")
+        configure = getattr(module, f"_cli_configure_{name}")
         configure(sub.add_parser(name, help=help_text, description=help_text))
     return parser
 

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
+from . import _procs
 from .errors import ProjectNotFound
 from .runtime import format_duration, sysroot
 
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 __all__ = ["RunInfo", "RunList", "runs"]
 
 _STATUSES = ("running", "finished", "failed", "interrupted")
-_CREATE_TIME_TOLERANCE_S = 0.05  # psutil's create_time of one process is stable to well under this
 
 
 @dataclass(frozen=True)
@@ -129,23 +129,6 @@ def _boot_id() -> str:
         return ""
 
 
-def _process_alive(pid: Any, create_time: Any) -> bool:
-    """True when a process with this pid exists and, if known, has this psutil create time."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    import psutil
-
-    try:
-        actual = psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return False
-    except psutil.Error:  # exists, but we may not look at it
-        return True
-    if isinstance(create_time, (int, float)):
-        return abs(actual - create_time) < _CREATE_TIME_TOLERANCE_S
-    return True
-
-
 def _read(folder: Path, boot_id: str, now: datetime) -> RunInfo:
     try:
         data = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
@@ -163,7 +146,7 @@ def _read(folder: Path, boot_id: str, now: datetime) -> RunInfo:
     if status == "running":
         theirs = data.get("boot_id")
         rebooted = bool(theirs and boot_id and theirs != boot_id)
-        if rebooted or not _process_alive(data.get("pid"), data.get("pid_create_time")):
+        if rebooted or not _procs.alive(data.get("pid"), data.get("pid_create_time")):
             status = "lost"
         elif started is not None:
             duration = max(0.0, (now - started).total_seconds())

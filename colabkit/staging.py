@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from . import _procs
 from .errors import StageError
 
 __all__ = ["stage"]
@@ -90,16 +91,6 @@ def _default_root() -> Path:
     return base / "data"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # ---------------------------------------------------------------------------- manifests
 
 
@@ -140,11 +131,16 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+@contextlib.contextmanager
+def _replacing(path: Path, mode: str) -> Iterator[IO[Any]]:
+    """Write through a hidden temp sibling (``.<name>.tmp-<pid>``), fsynced then renamed over ``path``.
+
+    A writer killed midway leaves only the temp file, which the next packing removes once its pid is gone.
+    """
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(temp, "w", encoding="utf-8") as f:
-            json.dump(data, f)
+        with open(temp, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
@@ -152,6 +148,11 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    with _replacing(path, "w") as f:
+        json.dump(data, f)
 
 
 # ---------------------------------------------------------------------------- progress
@@ -387,39 +388,29 @@ def _prefetched(folder: Path, files: list[_Entry], pool: ThreadPoolExecutor) -> 
 
 def _pack(folder: Path, entries: list[_Entry], archive: Path, progress: bool) -> None:
     """Write ``folder`` as an uncompressed tar at ``archive`` (temp file, then rename)."""
-    temp = archive.with_name(f".{archive.name}.tmp-{os.getpid()}")
     files = [e for e in entries if e.size >= 0]
-    try:
-        with (
-            open(temp, "wb") as out,
-            tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar,
-            ThreadPoolExecutor(_WORKERS, thread_name_prefix="colabkit-stage") as pool,
-            _Progress(progress, len(files), f"pack {folder.name}", unit="file") as bar,
-        ):
-            for e in entries:
-                if e.size < 0:
-                    info = tarfile.TarInfo(e.rel)
-                    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, e.mtime_ns / 1e9
-                    tar.addfile(info)
-            for e, data in _prefetched(folder, files, pool):
+    with (
+        _replacing(archive, "wb") as out,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ThreadPoolExecutor(_WORKERS, thread_name_prefix="colabkit-stage") as pool,
+        _Progress(progress, len(files), f"pack {folder.name}", unit="file") as bar,
+    ):
+        for e in entries:
+            if e.size < 0:
                 info = tarfile.TarInfo(e.rel)
-                info.mode, info.mtime = 0o644, e.mtime_ns / 1e9
-                if data is not None:
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-                else:
-                    with open(folder / e.rel, "rb") as f:
-                        info.size = os.fstat(f.fileno()).st_size
-                        tar.addfile(info, f)
-                bar.update(1)
-            tar.close()
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, archive)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
+                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, e.mtime_ns / 1e9
+                tar.addfile(info)
+        for e, data in _prefetched(folder, files, pool):
+            info = tarfile.TarInfo(e.rel)
+            info.mode, info.mtime = 0o644, e.mtime_ns / 1e9
+            if data is not None:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                with open(folder / e.rel, "rb") as f:
+                    info.size = os.fstat(f.fileno()).st_size
+                    tar.addfile(info, f)
+            bar.update(1)
 
 
 def _copy_one(src: Path, dst: Path, mtime_ns: int) -> None:
@@ -462,7 +453,7 @@ def _archive_for(folder: Path, entries: list[_Entry], fingerprint: str, progress
             pass
     for leftover in folder.parent.glob(f".{archive.name}.tmp-*"):  # from a packing that was killed
         pid = leftover.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not _procs.alive(int(pid)):
             with contextlib.suppress(OSError):
                 leftover.unlink()
     log.info("packing %s into %s", folder, archive)
@@ -501,7 +492,7 @@ def _clear_leftovers(dest: Path) -> None:
                 pid = int(leftover.name[len(prefix):])
             except ValueError:
                 continue
-            if pid != os.getpid() and not _pid_alive(pid):
+            if pid != os.getpid() and not _procs.alive(pid):
                 shutil.rmtree(leftover, ignore_errors=True)
 
 

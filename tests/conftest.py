@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakes.colabvm import FakeVM, forget_fake_colab, make_vm, mounts_under, unmount_under
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKES = Path(__file__).resolve().parent / "fakes"
@@ -36,30 +39,43 @@ def clean_environ(tmp_path, monkeypatch):
     sys.path[:] = path
 
 
-def _mounts_under(folder: Path) -> list[str]:
-    prefix = str(folder) + "/"
-    out = []
+@pytest.fixture(autouse=True)
+def _forget_mount_and_project(monkeypatch):
+    """No Drive mount or open project remembered by an earlier test (only for modules already imported)."""
+    for module, name in (("colabkit.drive", "_active"), ("colabkit.projects", "_current")):
+        if module in sys.modules:
+            monkeypatch.setattr(sys.modules[module], name, None)
+
+
+@pytest.fixture
+def vm(tmp_path, monkeypatch) -> Iterator[FakeVM]:
+    """A fake Colab VM (fakes/colabvm.py); whatever the test mounted under tmp_path is unmounted after."""
     try:
-        lines = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 1:
-            point = fields[1].replace("\\040", " ")
-            if point.startswith(prefix):
-                out.append(point)
-    return out
+        yield make_vm(tmp_path, monkeypatch)
+    finally:
+        unmount_under(tmp_path)
+        forget_fake_colab()
 
 
-def unmount_all_under(folder: Path) -> None:
-    """Unmount every mount below ``folder``, deepest first: ``fusermount3 -u``, else ``umount -l``."""
-    for point in sorted(_mounts_under(folder), key=len, reverse=True):
-        for cmd in (["fusermount3", "-u", point], ["fusermount", "-u", point], ["umount", "-l", point]):
-            if shutil.which(cmd[0]) is None:
-                continue
-            if subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0:
-                break
+def child_env(**extra: str) -> dict[str, str]:
+    """This environment with the checkout first on PYTHONPATH, for a child that imports colabkit."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def child_process(args: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """A child with text pipes to its stdin and stdout; killed, reaped and its pipes closed on the way out."""
+    child = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        yield child
+    finally:
+        child.kill()
+        child.wait()
+        child.stdin.close()
+        child.stdout.close()
 
 
 @pytest.fixture(autouse=True)
@@ -70,8 +86,8 @@ def no_leaks(tmp_path):
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
     yield
-    leaked_mounts = _mounts_under(tmp_path)
-    unmount_all_under(tmp_path)
+    leaked_mounts = mounts_under(tmp_path)
+    unmount_under(tmp_path)
     threads = [t.name for t in threading.enumerate() if t.name.startswith("colabkit") and t.is_alive()]
     children = []
     for child in me.children(recursive=True):
@@ -106,6 +122,21 @@ def _have_gpu() -> bool:
             pynvml.nvmlShutdown()
     except Exception:
         return False
+
+
+def nvml_loads() -> bool:
+    """Whether NVML initialises here: an NVIDIA driver is installed, with or without a GPU."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return False
+    pynvml.nvmlShutdown()
+    return True
+
+
+NO_DRIVER = pytest.mark.skipif(nvml_loads(), reason="this machine has an NVIDIA driver")
 
 
 _GPU = None

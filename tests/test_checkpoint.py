@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,19 +9,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, child_env, child_process
 
 from colabkit import checkpoint
 from colabkit.errors import CheckpointError
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "resumable_train.py"
-
-
-def _child_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.update(extra)
-    return env
 
 
 def test_save_latest_load_round_trip(tmp_path):
@@ -115,21 +107,12 @@ def test_save_killed_midway_keeps_previous_checkpoint(tmp_path):
     script = tmp_path / "killed_save.py"
     script.write_text(_KILLED_SAVE)
     folder = tmp_path / "ckpt"
-    child = subprocess.Popen(
-        [sys.executable, str(script), str(folder)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_child_env(),
-    )
-    try:
+    with child_process([sys.executable, str(script), str(folder)], env=child_env()) as child:
         assert child.stdout.readline().strip() == "writing"
         temps = [p for p in folder.iterdir() if p.name.startswith(".")]
         assert len(temps) == 1 and temps[0].stat().st_size > 16 << 20  # the big blob is on disk
         child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        child.kill()
-        child.wait()
-        child.stdin.close()
-        child.stdout.close()
     good = checkpoint.latest(folder)
     assert good == folder / "ckpt-000001.pkl"
     assert checkpoint.load(good) == {"step": 1}
@@ -142,7 +125,7 @@ def _start_example(tmp_path: Path, *args: str, resume: Path | None = None) -> su
     extra = {"COLABKIT_RESUME": str(resume)} if resume else {}
     return subprocess.Popen(
         [sys.executable, str(EXAMPLE), "--ckpt-dir", str(tmp_path / "ckpt"), *args],
-        stdout=subprocess.PIPE, text=True, env=_child_env(**extra),
+        stdout=subprocess.PIPE, text=True, env=child_env(**extra),
     )
 
 

@@ -7,24 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pynvml
 import pytest
+from conftest import NO_DRIVER
 
 import colabkit
 
 TESTS = Path(__file__).resolve().parent
-
-
-def _nvml_loads() -> bool:
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return False
-    pynvml.nvmlShutdown()
-    return True
-
-
-NO_DRIVER = pytest.mark.skipif(_nvml_loads(), reason="this machine has an NVIDIA driver")
 
 
 @pytest.fixture

@@ -6,25 +6,11 @@ import errno
 import os
 
 import pytest
-from fakes.colabvm import forget_fake_colab, kill_fuse, make_vm, mount_table, unmount_under
+from fakes.colabvm import forget_fake_colab, kill_fuse, mount_table
 
 import colabkit
 from colabkit import cli, drive
 from colabkit.errors import MountError
-
-
-@pytest.fixture(autouse=True)
-def _fresh(monkeypatch):
-    monkeypatch.setattr(drive, "_active", None)
-
-
-@pytest.fixture
-def vm(tmp_path, monkeypatch):
-    try:
-        yield make_vm(tmp_path, monkeypatch)
-    finally:
-        unmount_under(tmp_path)
-        forget_fake_colab()
 
 
 def _mounts(vm):

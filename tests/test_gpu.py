@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pynvml
 import pytest
+from conftest import NO_DRIVER
 from fakes import nvml as fake
 from fakes.nvml import GIB, MIB, FakeDevice, FakeNvml
 
@@ -400,16 +401,7 @@ def test_gpu_processes_names_real_commands():
 # --- the real machine ----------------------------------------------------------------------------
 
 
-def _nvml_loads() -> bool:
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return False
-    pynvml.nvmlShutdown()
-    return True
-
-
-@pytest.mark.skipif(_nvml_loads(), reason="this machine has an NVIDIA driver")
+@NO_DRIVER
 def test_real_no_driver_path():
     assert colabkit.gpus() == []
     assert gpu.source().device_count() == 0

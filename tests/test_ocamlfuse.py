@@ -20,11 +20,6 @@ PRIVATE_KEY = "-----BEGIN PRIVATE KEY-----\nMIIEfakeKEYmaterial\n-----END PRIVAT
 FSTYPE = "fuse.google-drive-ocamlfuse"
 
 
-@pytest.fixture(autouse=True)
-def _fresh(monkeypatch):
-    monkeypatch.setattr(drive, "_active", None)
-
-
 @pytest.fixture
 def gd(tmp_path, monkeypatch):
     """PATH with the fake tool; the "remote" My Drive it serves; its argv log."""

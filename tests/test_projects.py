@@ -18,12 +18,6 @@ from colabkit import drive, projects
 from colabkit.errors import InstallError, ProjectNotFound
 
 
-@pytest.fixture(autouse=True)
-def _fresh(monkeypatch):
-    monkeypatch.setattr(drive, "_active", None)
-    monkeypatch.setattr(projects, "_current", None)
-
-
 @pytest.fixture
 def mydrive(tmp_path):
     root = tmp_path / "drive/MyDrive"

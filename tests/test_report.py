@@ -10,26 +10,15 @@ import types
 from pathlib import Path
 
 import psutil
-import pynvml
 import pytest
+from conftest import NO_DRIVER
+from fakes.colabvm import bindfs
 from fakes.nvml import GIB, FakeDevice, FakeNvml
 
 import colabkit
 from colabkit import gpu, report
 
 T4_LINE = "Tesla T4, 15.0 GiB (0.5 GiB used), driver 550.54.15, CUDA 12.4, sm 7.5"
-
-
-def _nvml_loads() -> bool:
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return False
-    pynvml.nvmlShutdown()
-    return True
-
-
-NO_DRIVER = pytest.mark.skipif(_nvml_loads(), reason="this machine has an NVIDIA driver")
 
 
 @pytest.fixture
@@ -201,17 +190,11 @@ def test_doctor_drive_verdicts(machine, t4, drive_module, tmp_path):
 
 @pytest.mark.fuse
 def test_doctor_finds_a_mount_that_refuses_writes(machine, t4, drive_module, tmp_path):
-    src, point = tmp_path / "src", tmp_path / "mnt"
+    src = tmp_path / "src"
     src.mkdir()
-    point.mkdir()
-    subprocess.run(
-        ["bindfs", "-r", "-o", "fsname=drive,subtype=drive", str(src), str(point)], check=True, timeout=30
-    )
-    try:
+    with bindfs(src, tmp_path / "mnt", "-r") as point:
         drive_module.find_mount = lambda: _mount(point, method="drive")  # claims read-write
         check = colabkit.doctor()["drive"]
-    finally:
-        subprocess.run(["fusermount3", "-u", str(point)], check=True, timeout=30)
     assert check.status == "fail"
     assert "Read-only file system" in check.detail
 

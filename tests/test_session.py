@@ -6,10 +6,10 @@ import os
 import sys
 
 import pytest
-from fakes.colabvm import forget_fake_colab, make_vm, mount_table, unmount_under
+from fakes.colabvm import mount_table
 
 import colabkit
-from colabkit import drive, gpu, projects
+from colabkit import gpu, projects
 from colabkit.errors import ColabkitWarning, MountError, NoGpuError, ProjectNotFound, ReleaseError
 
 T4 = gpu.GpuInfo(
@@ -28,25 +28,10 @@ T4 = gpu.GpuInfo(
 )
 
 
-@pytest.fixture(autouse=True)
-def _fresh(monkeypatch):
-    monkeypatch.setattr(drive, "_active", None)
-    monkeypatch.setattr(projects, "_current", None)
-
-
 @pytest.fixture
 def t4(monkeypatch):
     monkeypatch.setattr(gpu, "require_gpu", lambda *a, **k: T4)
     monkeypatch.setattr(gpu, "gpus", lambda: [T4])
-
-
-@pytest.fixture
-def vm(tmp_path, monkeypatch):
-    try:
-        yield make_vm(tmp_path, monkeypatch)
-    finally:
-        unmount_under(tmp_path)
-        forget_fake_colab()
 
 
 def test_setup_local_prints_a_short_summary(tmp_path, t4, capsys):

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import shutil
 import signal
-import subprocess
 import sys
 import tarfile
 import textwrap
@@ -16,29 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import child_env, child_process
+from fakes.colabvm import bindfs
 
 from colabkit import staging
 from colabkit.errors import StageError
 
-ROOT = Path(__file__).resolve().parent.parent
 N_FILES = 2000
-
-
-def _unmount(point: Path) -> None:
-    for cmd in (["fusermount3", "-u", str(point)], ["umount", "-l", str(point)]):
-        if shutil.which(cmd[0]) and subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0:
-            return
-
-
-@contextlib.contextmanager
-def _bindfs(backing: Path, point: Path, *options: str) -> Iterator[Path]:
-    point.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["bindfs", "-o", "fsname=drive,subtype=drive", *options, str(backing), str(point)],
-                   check=True, capture_output=True, timeout=30)
-    try:
-        yield point
-    finally:
-        _unmount(point)
 
 
 def _make_dataset(folder: Path, n: int = N_FILES) -> None:
@@ -64,7 +44,7 @@ def drive(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """(backing folder, the same folder seen through a FUSE mount)."""
     backing = tmp_path / "backing"
     backing.mkdir()
-    with _bindfs(backing, tmp_path / "mnt") as mnt:
+    with bindfs(backing, tmp_path / "mnt") as mnt:
         yield backing, mnt
 
 
@@ -108,7 +88,7 @@ def test_archive_is_refreshed_when_the_folder_changes(drive, tmp_path):
 def test_readonly_drive_falls_back_to_a_direct_copy(tmp_path):
     backing = tmp_path / "backing"
     _make_dataset(backing / "images", n=200)
-    with _bindfs(backing, tmp_path / "ro", "-r") as ro:
+    with bindfs(backing, tmp_path / "ro", "-r") as ro:
         dest = staging.stage(ro / "images", tmp_path / "local" / "images")
         assert _contents(dest) == _contents(backing / "images")
     assert not (backing / f"images{staging.ARCHIVE_SUFFIX}").exists()
@@ -146,20 +126,13 @@ def test_staging_killed_midway_leaves_no_destination_and_next_call_completes(dri
     script = tmp_path / "killed_stage.py"
     script.write_text(_KILLED_STAGE)
     dest = tmp_path / "local" / "images"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    child = subprocess.Popen([sys.executable, str(script), str(mnt / "images"), str(dest)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    try:
+    args = [sys.executable, str(script), str(mnt / "images"), str(dest)]
+    with child_process(args, env=child_env()) as child:
         assert child.stdout.readline().strip() == "midway"
         partial = [p for p in dest.parent.iterdir() if staging._PARTIAL in p.name]
         assert len(partial) == 1 and any(partial[0].rglob("*.bin"))  # half-done, hidden
         child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        child.kill()
-        child.wait()
-        child.stdin.close()
-        child.stdout.close()
     assert not dest.exists()  # a partial copy never counts
 
     assert staging.stage(mnt / "images", dest) == dest

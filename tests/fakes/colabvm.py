@@ -3,12 +3,14 @@ and DriveFS serving a local folder through bindfs. Everything lives under the te
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +68,11 @@ def make_vm(tmp_path: Path, monkeypatch) -> FakeVM:
 def mount_table() -> dict[str, str]:
     """mountpoint -> fstype, from the real /proc/mounts (octal escapes decoded)."""
     out = {}
-    for line in Path("/proc/mounts").read_text().splitlines():
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
         fields = line.split()
         point = fields[1]
         for code in ("\\040", "\\011", "\\012", "\\134"):
@@ -75,12 +81,38 @@ def mount_table() -> dict[str, str]:
     return out
 
 
-def unmount_under(folder: Path) -> None:
+def unmount(point: Path | str) -> bool:
+    """Unmount one mount: ``fusermount3 -u``, else ``fusermount -u``, else ``umount -l``; True when one worked."""
+    for cmd in (["fusermount3", "-u", str(point)], ["fusermount", "-u", str(point)], ["umount", "-l", str(point)]):
+        if shutil.which(cmd[0]) and subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0:
+            return True
+    return False
+
+
+def mounts_under(folder: Path) -> list[str]:
+    """Mountpoints strictly below ``folder``, deepest first."""
     prefix = str(folder) + "/"
-    for point in sorted((p for p in mount_table() if p.startswith(prefix)), key=len, reverse=True):
-        for cmd in (["fusermount3", "-u", point], ["umount", "-l", point]):
-            if shutil.which(cmd[0]) and subprocess.run(cmd, capture_output=True).returncode == 0:
-                break
+    return sorted((p for p in mount_table() if p.startswith(prefix)), key=len, reverse=True)
+
+
+def unmount_under(folder: Path) -> None:
+    """Unmount every mount below ``folder``, deepest first."""
+    for point in mounts_under(folder):
+        unmount(point)
+
+
+@contextlib.contextmanager
+def bindfs(backing: Path, point: Path, *options: str) -> Iterator[Path]:
+    """Serve ``backing`` at ``point`` through a real FUSE mount that shows as ``fuse.drive``; unmount after."""
+    point.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["bindfs", "-o", "fsname=drive,subtype=drive", *options, str(backing), str(point)],
+        check=True, capture_output=True, timeout=30,
+    )
+    try:
+        yield point
+    finally:
+        unmount(point)
 
 
 def fuse_pid(mountpoint: Path) -> int:
