@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import builtins
+import html
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Runtime", "detect", "display_mode", "sysroot"]
+__all__ = ["Runtime", "boot_id", "detect", "display_mode", "format_duration", "sysroot"]
 
 COLAB_VM_LIMIT_S = 12 * 3600.0  # the free tier's documented "at most 12 hours"
 
@@ -57,6 +58,17 @@ class Runtime:
         if self.vm_limit_s is None or self.uptime_s is None:
             return None
         return max(0.0, self.vm_limit_s - self.uptime_s)
+
+    def __repr__(self) -> str:
+        fields = [f"kind={self.kind!r}"]
+        for name in ("colab_release", "colab_enterprise", "tpu", "kaggle_run_type", "shell", "uptime_s"):
+            value = getattr(self, name)
+            if value not in (None, False):
+                fields.append(f"{name}={round(value, 1) if isinstance(value, float) else value!r}")
+        return f"Runtime({', '.join(fields)})"
+
+    def _repr_html_(self) -> str:
+        return f"<b>Runtime</b> {html.escape(self.describe())}"
 
     def describe(self) -> str:
         """One line, e.g. ``Colab (release-colab_20250101-060000_RC00), notebook, up 1h02m``."""
@@ -110,6 +122,17 @@ def _is_colab_shell() -> bool:
         return "google.colab" in str(type(get_ipython()))
     except Exception:
         return False
+
+
+def boot_id() -> str:
+    """This boot of the machine (``/proc/sys/kernel/random/boot_id``), ``""`` if unreadable.
+
+    A run recorded as "running" under another boot id was lost with its VM.
+    """
+    try:
+        return _path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _uptime_s() -> float | None:

@@ -165,3 +165,20 @@ def test_display_mode_detects_notebook_and_pipe(monkeypatch):
 )
 def test_format_duration(seconds, text):
     assert runtime.format_duration(seconds) == text
+
+
+def test_boot_id_reads_the_machine_root(vm):
+    (vm / "proc" / "sys" / "kernel" / "random").mkdir(parents=True)
+    (vm / "proc" / "sys" / "kernel" / "random" / "boot_id").write_text("1a2b-3c\n")
+    assert runtime.boot_id() == "1a2b-3c"
+
+
+def test_boot_id_unreadable_is_empty(vm):
+    assert runtime.boot_id() == ""
+
+
+def test_repr_omits_defaults_and_html_is_escaped(vm, monkeypatch):
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "<Batch>")
+    rt = runtime.detect()
+    assert repr(rt) == "Runtime(kind='kaggle', kaggle_run_type='<Batch>', uptime_s=3725.5)"
+    assert rt._repr_html_() == "<b>Runtime</b> Kaggle (&lt;Batch&gt;), up 1h02m"
