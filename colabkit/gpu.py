@@ -202,6 +202,12 @@ class GpuProcess:
     def __repr__(self) -> str:
         return f"GpuProcess(gpu={self.gpu_index}, pid={self.pid}, used={_gib(self.used_bytes)}, command={_na(self.command)!r})"
 
+    def _repr_html_(self) -> str:
+        return (
+            f"<code>GPU {self.gpu_index}: pid {self.pid}, {escape(_gib(self.used_bytes))}, "
+            f"{escape(_na(self.command))}</code>"
+        )
+
 
 # --- the NVML session ------------------------------------------------------------------------------
 
@@ -687,6 +693,9 @@ class TorchStatus:
 
     def __repr__(self) -> str:
         return f"TorchStatus({self.describe()})"
+
+    def _repr_html_(self) -> str:
+        return f"<code>{escape(self.describe())}</code>"
 
 
 def torch_status(timeout: float = 60.0) -> TorchStatus | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.metadata
 import os
 import platform
@@ -54,12 +53,9 @@ def _local_disk() -> Path:
 
 
 def _find_mount() -> Any:
-    """``drive.find_mount()``, or None if the drive module (or the call) is not there."""
-    try:
-        drive = importlib.import_module("colabkit.drive")
-        return drive.find_mount()
-    except (ImportError, AttributeError):
-        return None
+    from . import drive
+
+    return drive.find_mount()
 
 
 def _describe_mount(mount: Any) -> str:
@@ -221,6 +217,9 @@ class Check:
         fix = f", fix={self.fix!r}" if self.fix else ""
         return f"Check({self.name!r}, {self.status!r}, {self.detail!r}{fix})"
 
+    def _repr_html_(self) -> str:
+        return Doctor((self,))._repr_html_()
+
 
 _LABEL = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}
 _COLOUR = {"ok": "#1e8e3e", "warn": "#b06000", "fail": "#d93025"}
@@ -316,13 +315,15 @@ def _check_torch(ctx: _Context) -> Check:
 
 
 def _write_probe(root: Path) -> None:
-    probe = root / f".colabkit-doctor-{os.getpid()}"
-    try:
-        probe.write_text("colabkit doctor write test\n")
-        if probe.read_text() != "colabkit doctor write test\n":
-            raise OSError(f"read back different content from {probe}")
-    finally:
-        probe.unlink(missing_ok=True)
+    # inside .colabkit/ rather than the My Drive root: a deleted file on Drive lands in the trash, which
+    # counts against the quota for 30 days, so the probe file is kept and rewritten instead of removed
+    folder = root / ".colabkit"
+    folder.mkdir(exist_ok=True)
+    probe = folder / "doctor-write-test"
+    text = f"colabkit doctor write test {os.getpid()}\n"
+    probe.write_text(text)
+    if probe.read_text() != text:
+        raise OSError(f"read back different content from {probe}")
 
 
 def _check_drive(ctx: _Context) -> Check:

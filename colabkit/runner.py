@@ -4,7 +4,9 @@ The child runs in its own process group through ``python -m colabkit._child`` (w
 ``python SCRIPT``). Two reader threads put its stdout and stderr on one queue; the calling thread (a
 notebook cell's own thread, which is the only one Colab renders from) writes the log, draws the
 throttled output and the status line, and on Stop, timeout or KeyboardInterrupt ends the whole group:
-SIGINT, then SIGTERM, then SIGKILL, until no process of the group is left.
+SIGINT, then SIGTERM, then SIGKILL, until no process of the group is left. A ``budget`` ends it the
+other way round: SIGTERM a grace period before the budget ends (the script's cue to save), SIGKILL
+when it ends. ``resume=True`` hands the latest checkpoint to the script.
 """
 
 from __future__ import annotations
@@ -15,18 +17,24 @@ import datetime as _dt
 import json
 import os
 import queue
+import re
+import shlex
 import signal
 import socket
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import display, oom, runtime
-from .errors import ColabkitError, CudaOutOfMemory, RunFailed, ScriptNotFound
+from . import _stale, display, oom, runtime
+from ._stale import boot_id as _boot_id
+from ._stale import group_members as _group_members
+from ._stale import signal_group as _signal_group
+from .errors import ColabkitError, ColabkitWarning, CudaOutOfMemory, RunFailed, ScriptNotFound
 from .monitoring import MIN_INTERVAL, Sample, Sampler, Stats
 
 __all__ = ["RunResult", "run"]
@@ -38,6 +46,8 @@ KILL_WAIT_S = 5.0  # after SIGKILL, how long to wait for the kernel to reap the 
 PIPE_GRACE_S = 1.0  # after the child exits, how long its leftovers may keep the pipes open
 LOG_FLUSH_S = 1.0  # a disconnect loses at most this much of output.log
 STDERR_TAIL = 20
+GRACE_MAX_S = 60.0  # default grace: 60 s before the budget ends, or a tenth of a budget under 10 min
+GRACE_FRACTION = 0.1
 _DRAIN_MAX = 256  # queue items handled between two screen checks
 
 # Called by the run loop on every turn with the live _Run (tests raise KeyboardInterrupt from it).
@@ -48,7 +58,9 @@ _loop_hook: Callable[[Any], None] | None = None
 class RunResult:
     """What a run did: exit status, time, where its files are, and what the GPU monitor saw.
 
-    ``status`` is ``"finished"``, ``"failed"`` or ``"interrupted"``. ``framework_peak_bytes`` is the
+    ``status`` is ``"finished"``, ``"failed"``, ``"interrupted"`` (Stop, KeyboardInterrupt or ``timeout``)
+    or ``"stopped"`` (the ``budget`` ran out and the script did not exit 0 in its grace period). A script
+    that saves on SIGTERM and exits 0 is ``"finished"`` with ``reason="budget"``. ``framework_peak_bytes`` is the
     child's own ``torch.cuda.max_memory_allocated()`` on its busiest GPU (``None`` without torch/CUDA).
     ``attribution`` says how ``stats.child_peak_gpu_bytes`` was found: ``"pid"``, ``"new-pids"`` or ``"baseline"``.
 
@@ -73,8 +85,12 @@ class RunResult:
     stderr_tail: tuple[str, ...] = field(default=(), repr=False)
     oom: str | None = None  # "pytorch" | "tensorflow" | "jax" when the child ran out of GPU memory
     oom_tried_bytes: int | None = None
-    reason: str | None = None  # "interrupt" | "timeout" when interrupted
+    reason: str | None = None  # "interrupt" | "timeout" | "budget": why colabkit stopped the child
     timeout: float | None = None
+    budget: float | None = None  # seconds, as asked
+    grace: float | None = None  # seconds between SIGTERM and SIGKILL
+    stop_at: float | None = None  # seconds after the start when SIGKILL was due (budget or the VM limit)
+    resumed_from: Path | None = None  # the checkpoint handed to the script with resume=True
 
     @property
     def ok(self) -> bool:
@@ -115,6 +131,17 @@ class RunResult:
                 f"Pass a larger timeout= (or timeout=None) to run(); the output so far is in {self.log_path}",
                 **common,
             )
+        if self.status == "stopped":
+            limit = f"budget={_fmt(self.budget)}" if self.budget is not None else "its budget"
+            if self.stop_at is not None and self.budget is not None and self.stop_at < self.budget:
+                limit = f"the Colab VM's ~12 h limit (before {limit})"
+            raise RunFailed(
+                f"{self.script} was stopped by {limit} after {display.format_duration(self.duration_s)} "
+                f"({_describe_returncode(self.returncode)})",
+                f"Catch SIGTERM in the script, save a checkpoint and exit 0 within grace={_fmt(self.grace)} "
+                f"(see docs/long-runs.md), or pass a larger budget=; the output so far is in {self.log_path}",
+                **common,
+            )
         if self.oom is not None:
             raise CudaOutOfMemory(
                 oom.message(
@@ -142,6 +169,10 @@ class RunResult:
         ]
         if self.stats is not None:
             lines.append(self.stats.describe())
+        if self.resumed_from is not None:
+            lines.append(f"resumed from {self.resumed_from}")
+        if self.reason == "budget":
+            lines.append(f"budget {_fmt(self.budget)}: SIGTERM sent {_fmt(self.grace)} before the end")
         if self.framework_peak_bytes is not None:
             lines.append(
                 f"torch peak: {fb(self.framework_peak_bytes)} allocated, {fb(self.framework_reserved_bytes)} reserved"
@@ -152,6 +183,8 @@ class RunResult:
     def __repr__(self) -> str:
         parts = [f"status={self.status!r}", f"returncode={display.na(self.returncode)}"]
         parts.append(f"duration={display.format_duration(self.duration_s)}")
+        if self.reason is not None:
+            parts.append(f"reason={self.reason!r}")
         if self.stats is not None and self.stats.gpu_count:
             parts.append(
                 f"peak={display.format_bytes(self.peak_gpu_bytes)}/{display.format_bytes(self.gpu_total_bytes)}"
@@ -235,14 +268,99 @@ def _describe_returncode(rc: int | None) -> str:
     return f"exit status {rc}"
 
 
+# -- budget and resume ----------------------------------------------------------------------------
+_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s)?")
+_DURATION_FORMS = '"2h", "90m", "45s", "1h30m", or a number of seconds'
+
+
+def _parse_duration(value: str | float, name: str = "budget") -> float:
+    """Seconds from ``"2h"``, ``"90m"``, ``"45s"``, ``"1h30m"``, ``"1h30m15s"``, ``"5400"`` or a number.
+
+    Raises:
+        ValueError: the text is none of those forms, or the duration is not positive.
+    """
+    seconds: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        try:
+            seconds = float(text)
+        except ValueError:
+            m = _DURATION.fullmatch(text)
+            if m and text and any(m.groups()):
+                h, mi, sec = (float(g) if g else 0.0 for g in m.groups())
+                seconds = h * 3600 + mi * 60 + sec
+    if seconds is None or seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ValueError(f"{name}={value!r} is not a duration: use {_DURATION_FORMS}")
+    if seconds <= 0:
+        raise ValueError(f"{name}={value!r} must be more than 0 seconds: use {_DURATION_FORMS}")
+    return seconds
+
+
+def _fmt(seconds: float | None) -> str:
+    """Seconds the way a budget is written: ``7200`` → ``2h``, ``5400`` → ``1h30m``, ``1.5`` → ``1.5s``."""
+    if seconds is None:
+        return "n/a"
+    whole = int(seconds)
+    if whole != seconds or seconds < 60:
+        return f"{seconds:g}s"
+    h, rest = divmod(whole, 3600)
+    m, sec = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (sec, "s")) if v) or "0s"
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """When the child gets SIGTERM and SIGKILL, in seconds after its start."""
+
+    budget: float
+    grace: float
+    kill_at: float  # the budget's end, or the Colab VM's limit if that comes first
+    term_at: float
+
+
+def _plan_budget(
+    budget: str | float | None, grace: str | float | None, rt: runtime.Runtime
+) -> _Budget | None:
+    if budget is None:
+        if grace is not None:
+            raise ValueError(
+                f"grace={grace!r} needs a budget: pass budget= too, e.g. budget='2h', grace='5m'"
+            )
+        return None
+    total = _parse_duration(budget, "budget")
+    if grace is None:
+        pause = min(GRACE_MAX_S, GRACE_FRACTION * total)
+    elif isinstance(grace, (int, float)) and not isinstance(grace, bool) and grace == 0:
+        pause = 0.0
+    else:
+        pause = _parse_duration(grace, "grace")
+    if pause >= total:
+        raise ValueError(
+            f"grace={grace!r} is not shorter than budget={budget!r}: pass a grace of a few minutes at most"
+        )
+    kill_at = total
+    left = rt.time_left_s
+    if left is not None and left > 0 and left < total:
+        # the VM ends first; a run past ~12 h dies with the VM, with no chance to save
+        kill_at = left
+        warnings.warn(
+            f"budget={budget!r} goes past the Colab VM's ~{runtime.format_duration(rt.vm_limit_s or 0)} limit: "
+            f"the VM has about {runtime.format_duration(left)} left, so colabkit sends SIGTERM "
+            f"{_fmt(pause)} before that instead. Save checkpoints to Drive and re-run with resume=True "
+            "on a fresh runtime.",
+            ColabkitWarning,
+            stacklevel=4,
+        )
+    return _Budget(budget=total, grace=pause, kill_at=kill_at, term_at=max(0.0, kill_at - pause))
+
+
+def _resume_tokens(template: str, path: Path) -> list[str]:
+    return [token.replace("{path}", str(path)) for token in shlex.split(template)]
+
+
 # -- the run folder ---------------------------------------------------------------------------------
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -283,165 +401,6 @@ def _iso(ts: float | None) -> str | None:
         return None
     return (
         _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
-
-
-# -- process groups -------------------------------------------------------------------------------
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is ``pgid``."""
-    members = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:  # not Linux: ask the kernel whether the group still exists
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return []
-        return [pgid]
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
-            members.append(int(entry))
-    return members
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _protected_pids() -> set[int]:
-    """This process and its ancestors: never ended as 'stale'."""
-    pids = set()
-    pid = os.getpid()
-    while pid > 1 and pid not in pids:
-        pids.add(pid)
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as fh:
-                stat = fh.read()
-            pid = int(stat[stat.rfind(b")") + 2 :].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
-    pids.add(1)
-    return pids
-
-
-@dataclass(frozen=True)
-class _Stale:
-    pid: int
-    run_dir: Path
-    gpu_bytes: int | None
-    command: str
-
-
-def _find_stale(runs_root: Path) -> list[_Stale]:
-    """Processes still alive that an earlier run in ``runs_root`` started (its child or the child's group)."""
-    import psutil
-
-    if not runs_root.is_dir():
-        return []
-    boot = _boot_id()
-    protected = _protected_pids()
-    found: list[_Stale] = []
-    holders: dict[int, int] | None = None
-    for summary_path in sorted(runs_root.glob("*/summary.json")):
-        try:
-            data = json.loads(summary_path.read_text(encoding="utf-8"))
-            pid = int(data["pid"])
-            created = float(data["pid_create_time"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if data.get("boot_id") and boot and data["boot_id"] != boot:
-            continue
-        try:  # cheap: is there any process in that group at all?
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            continue
-        except (PermissionError, OSError):
-            pass
-        try:  # the leader alive with another start time: the pid was recycled, not ours
-            if abs(psutil.Process(pid).create_time() - created) > 0.5:
-                continue
-        except psutil.Error:
-            pass  # the leader is gone; its group id cannot be reused while members live
-        pids = []
-        for member in _group_members(pid) if pid > 1 else []:
-            try:
-                if psutil.Process(member).create_time() + 0.5 >= created and member not in protected:
-                    pids.append(member)
-            except psutil.Error:
-                continue
-        if not pids:
-            continue
-        if holders is None:
-            holders = {}
-            try:
-                from . import gpu
-
-                for p in gpu.gpu_processes():
-                    holders[p.pid] = holders.get(p.pid, 0) + (p.used_bytes or 0)
-            except Exception:
-                pass
-        for member in pids:
-            try:
-                command = " ".join(psutil.Process(member).cmdline())[:100]
-            except psutil.Error:
-                command = ""
-            found.append(_Stale(member, summary_path.parent, holders.get(member), command))
-    return found
-
-
-def _end_processes(pids: list[int]) -> list[int]:
-    """SIGTERM, then SIGKILL; return the PIDs still alive afterwards."""
-    import psutil
-
-    procs = []
-    for pid in pids:
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.Error:
-            continue
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=TERM_GRACE_S)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(alive, timeout=KILL_WAIT_S)
-    return [p.pid for p in alive]
-
-
-def _handle_stale(runs_root: Path, kill: bool) -> None:
-    stale = _find_stale(runs_root)
-    if not stale:
-        return
-    for s in stale:
-        mem = (
-            f"holds {display.format_bytes(s.gpu_bytes)} of GPU memory" if s.gpu_bytes else "is still running"
-        )
-        display.note(f"colabkit: pid {s.pid} from the earlier run {s.run_dir.name} {mem}: {s.command}")
-    if not kill:
-        display.note("colabkit: pass kill_stale=True to run() to end these processes first")
-        return
-    left = _end_processes([s.pid for s in stale])
-    ended = len(stale) - len(left)
-    display.note(
-        f"colabkit: ended {ended} process(es) left by earlier runs"
-        + (f"; still alive: {left}" if left else "")
     )
 
 
@@ -502,11 +461,21 @@ class _Log:
 class _Run:
     """One run's live state; the loop runs on the caller's thread."""
 
-    def __init__(self, script: str, args: tuple[str, ...], run_dir: Path, timeout: float | None) -> None:
+    def __init__(
+        self,
+        script: str,
+        args: tuple[str, ...],
+        run_dir: Path,
+        timeout: float | None,
+        budget: _Budget | None = None,
+    ) -> None:
         self.script = script
         self.args = args
         self.run_dir = run_dir
         self.timeout = timeout
+        self.budget = budget
+        self.term_sent: float | None = None  # seconds after the start when the budget's SIGTERM went out
+        self.user_interrupt = False
         self.proc: Any = None
         self.pid: int | None = None
         self.seen = ""  # the last few KB of output, for hooks and tests
@@ -541,12 +510,23 @@ def run(
     release: bool = False,
     raw: bool = False,
     kill_stale: bool = False,
+    resume: bool = False,
+    resume_arg: str | None = None,
+    checkpoint_dir: str | os.PathLike[str] = "checkpoints",
+    budget: str | float | None = None,
+    grace: str | float | None = None,
 ) -> RunResult:
     """Run a Python script as a child process with live output and a GPU memory monitor.
 
     The script path resolves against ``cwd``, else the open project, else the current folder. Output
     streams live (``\\r`` progress bars stay on one line, floods are throttled) and goes in full to
     ``<project>/<log_dir>/<YYYYmmdd-HHMMSS>-<script>/output.log`` with ``metrics.csv`` and ``summary.json``.
+
+    The child's environment holds ``COLABKIT_CHECKPOINT_DIR`` (the absolute checkpoint folder) and, with
+    ``resume=True`` and a checkpoint there, ``COLABKIT_RESUME`` (the newest one, by
+    ``colabkit.latest()``). With a ``budget``, the child's process group gets SIGTERM ``grace`` seconds
+    before the budget ends and SIGKILL when it ends; on Colab, a budget that outlasts the VM's ~12 h
+    limit is shortened to end there (with a ``ColabkitWarning``). See ``docs/long-runs.md``.
 
     Args:
         script: the ``.py`` file to run.
@@ -562,6 +542,14 @@ def run(
         release: give the Colab runtime back when the run ends, whatever the outcome (``colabkit.release()``).
         raw: run ``python SCRIPT`` without colabkit's bootstrap (no torch peak report).
         kill_stale: end processes left alive by earlier runs of this project before starting.
+        resume: hand the newest checkpoint in ``checkpoint_dir`` to the script (``COLABKIT_RESUME``);
+            with none there the script starts fresh and ``COLABKIT_RESUME`` is unset.
+        resume_arg: also pass the checkpoint as arguments, from a template such as ``"--resume {path}"``
+            (split like a shell line; appended only when a checkpoint was found).
+        checkpoint_dir: the script's checkpoint folder, relative to its working folder (or absolute).
+        budget: how long the script may run: ``"2h"``, ``"90m"``, ``"45s"``, ``"1h30m"`` or seconds.
+        grace: seconds (or ``"5m"``) between SIGTERM and SIGKILL at the end of the budget; default 60 s,
+            or a tenth of a budget shorter than 10 minutes.
 
     Returns:
         RunResult: exit status, duration, run folder, samples and stats.
@@ -569,13 +557,21 @@ def run(
     Raises:
         ScriptNotFound: ``script`` does not exist (relative paths resolve against the working folder).
         CudaOutOfMemory: the child crashed out of GPU memory (with ``check=True``).
-        RunFailed: the child exited non-zero or hit ``timeout`` (with ``check=True``).
+        RunFailed: the child exited non-zero, hit ``timeout``, or was still running (or exited
+            non-zero) when its ``budget`` ran out (with ``check=True``).
+        ValueError: ``budget`` or ``grace`` is not a duration, ``grace`` is not shorter than ``budget``,
+            or ``resume_arg`` lacks ``{path}``.
         KeyboardInterrupt: you pressed Stop; the child's process group was ended first.
 
     Examples:
         >>> r = colabkit.run("train.py", "--epochs", "3")
         >>> r.stats.peak_used_bytes, r.stats.headroom_bytes
         (10523508736, 5579325440)
+        >>> colabkit.run("train.py", resume=True, resume_arg="--resume {path}", budget="2h")
+        colabkit: VM up 3h10m of ~12h00m; about 8h50m left
+        colabkit: resuming from /content/drive/MyDrive/test/checkpoints/ckpt-000012.pt
+        ...
+        RunResult(status='finished', returncode=0, duration=2h00m, reason='budget', log='runs/...')
     """
     try:
         result = _run(
@@ -590,6 +586,11 @@ def run(
             timeout=timeout,
             raw=raw,
             kill_stale=kill_stale,
+            resume=resume,
+            resume_arg=resume_arg,
+            checkpoint_dir=checkpoint_dir,
+            budget=budget,
+            grace=grace,
         )
     except BaseException:
         if release:
@@ -650,7 +651,19 @@ def _run(
     timeout: float | None,
     raw: bool,
     kill_stale: bool,
+    resume: bool = False,
+    resume_arg: str | None = None,
+    checkpoint_dir: str | os.PathLike[str] = "checkpoints",
+    budget: str | float | None = None,
+    grace: str | float | None = None,
 ) -> RunResult:
+    if resume_arg is not None and (not resume or "{path}" not in resume_arg):
+        raise ValueError(
+            f"resume_arg={resume_arg!r} needs resume=True and a {{path}} placeholder, "
+            "e.g. run(..., resume=True, resume_arg='--resume {path}')"
+        )
+    rt = runtime.detect()
+    plan = _plan_budget(budget, grace, rt)
     if monitor and (not interval or interval < MIN_INTERVAL):
         raise ValueError(f"interval={interval!r} is too short: use at least {MIN_INTERVAL} seconds")
     project = _project_dir()
@@ -658,7 +671,24 @@ def _run(
     workdir = base
     script_path = _resolve_script(script, workdir)
     root = Path(log_dir) if Path(log_dir).is_absolute() else (project or base) / log_dir
-    _handle_stale(root, kill_stale)
+    _stale.report(root, kill=kill_stale)
+    if rt.time_left_s is not None:
+        display.note(
+            f"colabkit: VM up {runtime.format_duration(rt.uptime_s or 0)} of "
+            f"~{runtime.format_duration(rt.vm_limit_s or 0)}; about {runtime.format_duration(rt.time_left_s)} left"
+        )
+    ckpt_dir = Path(os.path.abspath(workdir / checkpoint_dir))
+    resumed_from = None
+    if resume:
+        from . import checkpoint
+
+        resumed_from = checkpoint.latest(ckpt_dir)
+        if resumed_from is None:
+            display.note(f"colabkit: no checkpoint in {ckpt_dir} yet; starting fresh")
+        else:
+            display.note(f"colabkit: resuming from {resumed_from}")
+            if resume_arg is not None:
+                args = (*args, *_resume_tokens(resume_arg, resumed_from))
     run_dir = _new_run_dir(root, script_path.stem)
     log_path = run_dir / "output.log"
     report_path = run_dir / ".framework.json"
@@ -672,6 +702,11 @@ def _run(
     child_env = dict(os.environ)
     child_env.update({"PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"})
     child_env.update({str(k): str(v) for k, v in (env or {}).items()})
+    child_env["COLABKIT_CHECKPOINT_DIR"] = str(ckpt_dir)
+    if resumed_from is not None:
+        child_env["COLABKIT_RESUME"] = str(resumed_from)
+    elif resume:
+        child_env.pop("COLABKIT_RESUME", None)
     cmd = [python or sys.executable]
     if not raw:
         cmd += ["-m", "colabkit._child"]
@@ -682,7 +717,7 @@ def _run(
 
     import psutil
 
-    state = _Run(str(script), args, run_dir, timeout)
+    state = _Run(str(script), args, run_dir, timeout, plan)
     summary: dict[str, Any] = {
         "schema": SCHEMA,
         "status": "running",
@@ -701,6 +736,9 @@ def _run(
         "framework_peak_bytes": None,
         "attribution": None,
         "log": "output.log",
+        "reason": None,
+        "resumed_from": str(resumed_from) if resumed_from is not None else None,
+        "budget_s": plan.budget if plan is not None else None,
     }
     log = _Log(log_path)
     started_wall = time.time()
@@ -752,7 +790,7 @@ def _run(
         _pump(state, proc, q, log, view, status, sampler, started)
     except KeyboardInterrupt:  # pragma: no cover - _pump handles it; a second one lands here
         interrupted_by_user = True
-    interrupted_by_user = interrupted_by_user or state.reason == "interrupt"
+    interrupted_by_user = interrupted_by_user or state.reason == "interrupt" or state.user_interrupt
     for t in readers:
         t.join(timeout=KILL_WAIT_S)
     # a reader can only outlive the join if something outside the group holds the pipe
@@ -796,7 +834,10 @@ def _run(
             pass
 
     trailer = ""
-    if state.reason is not None:
+    if state.reason == "budget":
+        run_status = "finished" if rc == 0 else "stopped"
+        trailer = f"\n[colabkit] run {run_status} (budget) after {display.format_duration(duration)}\n"
+    elif state.reason is not None:
         run_status = "interrupted"
         why = "timeout" if state.reason == "timeout" else "interrupt"
         trailer = f"\n[colabkit] run interrupted ({why}) after {display.format_duration(duration)}\n"
@@ -823,6 +864,10 @@ def _run(
         oom_tried_bytes=oom.tried_bytes("\n".join(tail)) if oom_framework else None,
         reason=state.reason,
         timeout=timeout,
+        budget=plan.budget if plan is not None else None,
+        grace=plan.grace if plan is not None else None,
+        stop_at=plan.kill_at if plan is not None else None,
+        resumed_from=resumed_from,
     )
     summary.update(
         status=run_status,
@@ -833,6 +878,7 @@ def _run(
         gpu_total_bytes=result.gpu_total_bytes,
         framework_peak_bytes=framework_peak,
         attribution=result.attribution,
+        reason=state.reason,
     )
     _write_json(run_dir / "summary.json", summary)
     if samples and any(s.used for s in samples):
@@ -851,10 +897,18 @@ def _run(
     return result
 
 
-def _status_text(sampler: Sampler | None, elapsed: float) -> str:
+def _status_text(sampler: Sampler | None, elapsed: float, state: _Run | None = None) -> str:
     if sampler is None:
-        return display.format_duration(elapsed)
-    return display.format_status(sampler.latest, sampler.peak_used(), elapsed)
+        text = display.format_duration(elapsed)
+    else:
+        text = display.format_status(sampler.latest, sampler.peak_used(), elapsed)
+    plan = state.budget if state is not None else None
+    if plan is not None:
+        if state is not None and state.term_sent is not None:
+            text += f" · SIGTERM sent, SIGKILL in {display.format_duration(max(0.0, plan.kill_at - elapsed))}"
+        else:
+            text += f" · {display.format_duration(max(0.0, plan.kill_at - elapsed))} left"
+    return text
 
 
 def _pump(
@@ -905,7 +959,7 @@ def _pump(
                 log.flush()
                 last_flush = now
             if view.due(now):
-                text = _status_text(sampler, now - started)
+                text = _status_text(sampler, now - started, state)
                 view.status = text
                 if status.mode != "terminal":
                     status.update(text, now)
@@ -916,6 +970,18 @@ def _pump(
                 _signal_group(pgid, signal.SIGINT)
             if proc.poll() is not None and exited_at is None:
                 exited_at = now
+            plan = state.budget
+            if plan is not None and stopping is None and exited_at is None and now - started >= plan.term_at:
+                state.reason = "budget"
+                state.term_sent = now - started
+                stopping, deadline = "term", started + plan.kill_at
+                _signal_group(pgid, signal.SIGTERM)
+                message = (
+                    f"budget of {_fmt(plan.budget)}: sent SIGTERM after {display.format_duration(now - started)}; "
+                    f"SIGKILL in {_fmt(round(plan.kill_at - (now - started), 1))} unless the script exits"
+                )
+                log.write(f"\n[colabkit] {message}\n", "colabkit")
+                display.note(f"colabkit: {message}")
             if stopping is not None:
                 if not _group_members(pgid) and proc.poll() is not None:
                     if eof >= 2 or now - (exited_at or now) >= PIPE_GRACE_S:
@@ -927,6 +993,10 @@ def _pump(
                     elif stopping == "term":
                         stopping, deadline = "kill", now + KILL_WAIT_S
                         _signal_group(pgid, signal.SIGKILL)
+                        if state.reason == "budget" and state.budget is not None:
+                            message = f"budget of {_fmt(state.budget.budget)} is over: sent SIGKILL"
+                            log.write(f"\n[colabkit] {message}\n", "colabkit")
+                            display.note(f"colabkit: {message}")
                     else:
                         display.note(
                             f"colabkit: processes of group {pgid} survive SIGKILL: {_group_members(pgid)}"
@@ -955,6 +1025,9 @@ def _pump(
                 _signal_group(pgid, signal.SIGINT)
                 display.note("colabkit: interrupted; stopping the run (press Stop again to kill it at once)")
             else:
+                state.user_interrupt = True
+                if state.reason == "budget":
+                    state.reason = "interrupt"
                 stopping, deadline = "kill", now + KILL_WAIT_S
                 _signal_group(pgid, signal.SIGKILL)
 
@@ -973,10 +1046,42 @@ def _cli_configure_run(parser: Any) -> None:
     parser.add_argument(
         "--kill-stale", action="store_true", help="end processes left alive by earlier runs first"
     )
+    parser.add_argument(
+        "--resume", action="store_true", help="hand the newest checkpoint to the script ($COLABKIT_RESUME)"
+    )
+    parser.add_argument(
+        "--resume-arg",
+        default=None,
+        metavar="TEMPLATE",
+        help="also pass it as arguments, e.g. '--resume {path}'",
+    )
+    parser.add_argument(
+        "--checkpoint-dir", default="checkpoints", help="the script's checkpoint folder (default checkpoints)"
+    )
+    parser.add_argument(
+        "--budget", default=None, help="stop the script after this long: 2h, 90m, 45s, 1h30m or seconds"
+    )
+    parser.add_argument(
+        "--grace",
+        default=None,
+        help="seconds between SIGTERM and SIGKILL at the end of the budget (default 60)",
+    )
 
 
 def _cli_run(args: Any) -> int:
-    result = run(
+    try:
+        result = _cli_start(args)
+    except ValueError as exc:  # a bad --budget, --grace, --interval or --resume-arg
+        print(f"colabkit run: {exc}", file=sys.stderr)
+        return 2
+    rc = result.returncode
+    if rc is None:
+        return 1
+    return 128 - rc if rc < 0 else rc
+
+
+def _cli_start(args: Any) -> RunResult:
+    return run(
         args.script,
         *args.args,
         monitor=not args.no_monitor,
@@ -985,9 +1090,10 @@ def _cli_run(args: Any) -> int:
         timeout=args.timeout,
         raw=args.raw,
         kill_stale=args.kill_stale,
+        resume=args.resume,
+        resume_arg=args.resume_arg,
+        checkpoint_dir=args.checkpoint_dir,
+        budget=args.budget,
+        grace=args.grace,
         check=False,
     )
-    rc = result.returncode
-    if rc is None:
-        return 1
-    return 128 - rc if rc < 0 else rc

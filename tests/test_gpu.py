@@ -542,3 +542,17 @@ def test_torch_probe_times_out(torch_dir):
     _fake_torch(torch_dir, extra="import time; time.sleep(30)")
     status = gpu.torch_status(timeout=1)
     assert status == gpu.TorchStatus(None, None, None, error="the torch check timed out after 1 s")
+
+
+def test_fake_error_texts_match_nvidia_ml_py():
+    real = pynvml.NVMLError._errcode_to_string
+    assert real, "nvidia-ml-py no longer has its offline error table: check the fake by hand"
+    for code, text in real.items():
+        assert str(fake.NVMLError(code)) == text, code
+
+
+def test_records_render_escaped_html():
+    proc = gpu.GpuProcess(0, 42, 3 * GIB, "python <train>.py")
+    assert proc._repr_html_() == "<code>GPU 0: pid 42, 3.0 GiB, python &lt;train&gt;.py</code>"
+    status = gpu.TorchStatus("2.5.1", None, False)
+    assert status._repr_html_() == "<code>torch 2.5.1 (CPU-only build), sees no GPU</code>"

@@ -15,7 +15,7 @@ import psutil
 import pytest
 from test_display import screen
 
-from colabkit import cli, runner
+from colabkit import _stale, cli, runner
 from colabkit.errors import CudaOutOfMemory, RunFailed, ScriptNotFound
 from colabkit.runner import RunResult, run
 
@@ -55,7 +55,7 @@ def test_finished_run_writes_the_run_folder(proj, capsys):
     assert set(summary) == {
         "schema", "status", "script", "args", "started", "ended", "duration_s", "returncode", "pid",
         "pid_create_time", "boot_id", "hostname", "peak_gpu_bytes", "gpu_total_bytes",
-        "framework_peak_bytes", "attribution", "log",
+        "framework_peak_bytes", "attribution", "log", "reason", "resumed_from", "budget_s",
     }  # fmt: skip
     assert summary["schema"] == 1 and summary["status"] == "finished" and summary["returncode"] == 0
     assert (
@@ -444,7 +444,7 @@ def test_kill_stale_ends_only_processes_of_earlier_runs(proj, stale, capsys):
 
 
 def test_the_kernel_and_its_ancestors_are_protected():
-    protected = runner._protected_pids()
+    protected = _stale.protected_pids()
     assert os.getpid() in protected and os.getppid() in protected and 1 in protected
 
 

@@ -97,10 +97,32 @@ def _make(name: str, code: int) -> type[NVMLError]:
 for _name, _code in _ERRORS:
     _cls = _make(_name, _code)
     NVMLError._by_value[_code] = _cls
-    NVMLError._strings[_code] = _name.removeprefix("NVMLError_")
     globals()[_name] = _cls
-NVMLError._strings[12] = "NVML Shared Library Not Found"
-NVMLError._strings[9] = "Driver Not Loaded"
+# what nvidia-ml-py's NVMLError.__str__ gives for these codes without asking the driver
+NVMLError._strings.update(
+    {
+        1: "Uninitialized",
+        2: "Invalid Argument",
+        3: "Not Supported",
+        4: "Insufficient Permissions",
+        5: "Already Initialized",
+        6: "Not Found",
+        7: "Insufficient Size",
+        8: "Insufficient External Power",
+        9: "Driver Not Loaded",
+        10: "Timeout",
+        11: "Interrupt Request Issue",
+        12: "NVML Shared Library Not Found",
+        13: "Function Not Found",
+        14: "Corrupted infoROM",
+        15: "GPU is lost",
+        16: "GPU requires restart",
+        17: "The operating system has blocked the request.",
+        18: "RM has detected an NVML/RM version mismatch.",
+        20: "Insufficient Memory",
+        999: "Unknown Error",
+    }
+)
 
 EXCEPTION_NAMES = ["NVMLError", "NVMLLibraryMismatchError", *(n for n, _ in _ERRORS)]
 
