@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import runtime
+from . import display, runtime
 from .errors import MountError
 
 if TYPE_CHECKING:
@@ -88,7 +88,8 @@ def _table_entry(point: Path) -> tuple[str, set[str]] | None:
 def _is_dead(point: Path) -> bool:
     """A FUSE mount whose process died answers ``[Errno 107] Transport endpoint is not connected``."""
     try:
-        os.stat(point)
+        # statfs always asks the FUSE process; stat may be answered from the kernel's attribute cache
+        os.statvfs(point)
     except OSError as exc:
         return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False
@@ -115,15 +116,29 @@ def _unmount(point: Path) -> None:
     )
 
 
+def _check_readonly(point: Path, method: str, mounted_ro: bool, want_ro: bool) -> None:
+    """A live mount is returned as it is only if it is read-only exactly when asked."""
+    if mounted_ro == want_ro:
+        return
+    have, want = ("read-only", "read-write") if mounted_ro else ("read-write", "read-only")
+    raise MountError(
+        f"Drive is already mounted {have} at {point}, and readonly={want_ro} asks for {want}",
+        f"Pass force=True to remount it {want}: colabkit.mount({method!r}, readonly={want_ro}, force=True).",
+        mountpoint=point,
+        method=method,
+        reason="readonly",
+    )
+
+
 def _entries(folder: Path, limit: int = 5) -> str:
     names = sorted(os.listdir(folder))
     shown = ", ".join(repr(n) for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _not_empty(point: Path, method: str) -> MountError:
+def _not_empty(point: Path, method: str, why: str = "") -> MountError:
     return MountError(
-        f"the mountpoint {point} is not empty: it holds {_entries(point)}",
+        f"the mountpoint {point} is not empty: it holds {_entries(point)}{why}",
         f"Move those files out of {point} yourself (colabkit never deletes or moves them), or pass another "
         "folder: colabkit.mount(mountpoint=...).",
         mountpoint=point,
@@ -142,7 +157,8 @@ def _default_mountpoint(method: str) -> Path:
         if runtime.detect().is_colab:
             return runtime.sysroot() / "content/gdrive"
         return Path.home() / "gdrive"
-    return Path(os.environ.get("COLABKIT_DRIVE") or "~/colabkit-drive").expanduser()
+    # absolute now: project() changes the working directory, and a relative folder would move with it
+    return Path(os.environ.get("COLABKIT_DRIVE") or "~/colabkit-drive").expanduser().absolute()
 
 
 def _resolve_method(method: str) -> str:
@@ -197,8 +213,10 @@ def mount(
     Raises:
         MountError: Drive refused or failed; ``reason`` names the case (``credentials``: the popup was
             closed or another account was used; ``timeout``: thousands of items in the My Drive root;
-            ``not_empty``: files in the mountpoint; ``not_colab``: method="drive" off Colab;
-            ``missing_tool``: google-drive-ocamlfuse cannot be installed here; ``no_auth``).
+            ``not_empty``: files in the mountpoint, a leftover 'My Drive' folder too; ``not_colab``:
+            method="drive" off Colab; ``readonly``: a live mount is read-write and read-only was asked, or
+            the reverse (pass force=True); ``missing_tool``: google-drive-ocamlfuse cannot be installed here;
+            ``no_auth``).
 
     Examples:
         >>> colabkit.mount()
@@ -235,23 +253,31 @@ def mount(
 def find_mount() -> Mount | None:
     """The live Drive mount, or None; a probe that never raises.
 
-    Looks at the mount made by this process, then ``fuse.drive`` at ``/content/drive``, then the local
-    stand-in folder if it exists.
+    Looks at the mount made by this process, then ``fuse.drive`` at ``/content/drive``, then (off Colab
+    only) the local stand-in folder if it exists; what it finds counts as this process's mount from then
+    on. A dead mount (``Transport endpoint is not connected``) is not live: None.
 
     Examples:
         >>> colabkit.drive.find_mount()
         Mount(method='drive', mountpoint='/content/drive', root='/content/drive/MyDrive')
     """
+    global _active
     try:
         if _active is not None and _is_live(_active):
             return _active
         point = _default_mountpoint("drive")
         entry = _table_entry(point)
         if entry and entry[0] == _DRIVE_FSTYPE and not _is_dead(point):
-            return Mount("drive", point, point / "MyDrive", "ro" in entry[1])
+            _active = Mount("drive", point, point / "MyDrive", "ro" in entry[1])
+            return _active
+        if runtime.detect().is_colab:
+            # after flush() unmounted Drive, a stand-in folder would send project() to the wrong place
+            return None
         folder = _default_mountpoint("local")
         if (folder / "MyDrive").is_dir():
-            return Mount("local", folder, folder / "MyDrive")
+            # remembered: a relative $COLABKIT_DRIVE must not move when project() changes the cwd
+            _active = Mount("local", folder, folder / "MyDrive")
+            return _active
     except Exception:  # a probe: report nothing rather than fail
         log.debug("find_mount failed", exc_info=True)
     return None
@@ -264,12 +290,17 @@ def flush() -> None:
     that guarantees they reached Drive, and it unmounts: ``mount()`` works again afterwards.
 
     Raises:
-        MountError: Drive could not push the pending writes or unmount (files still open, DriveFS stuck).
+        MountError: Drive could not push the pending writes or unmount (files still open, DriveFS stuck);
+            ``reason="dead"``: the mount died (``Transport endpoint is not connected``), so nothing could be
+            pushed: remount with ``colabkit.mount(force=True)``, then flush again.
 
     Examples:
         >>> colabkit.flush()
     """
     global _active
+    dead = _dead_mount()
+    if dead is not None:
+        raise _dead_error(dead)
     current = find_mount()
     if current is None:
         log.info("flush: no Drive mount, nothing to flush")
@@ -288,6 +319,35 @@ def flush() -> None:
         return
     if _active is not None and _active.mountpoint == current.mountpoint:
         _active = None
+
+
+def _dead_mount() -> Mount | None:
+    """The Drive mount of this process (or ``fuse.drive`` at ``/content/drive``) if its FUSE process died."""
+    candidates = []
+    if _active is not None and _active.method != "local":
+        candidates.append(_active)
+    point = _default_mountpoint("drive")
+    candidates.append(Mount("drive", point, point / "MyDrive"))
+    for m in candidates:
+        entry = _table_entry(m.mountpoint)
+        want = _DRIVE_FSTYPE if m.method == "drive" else _OCAMLFUSE_FSTYPE
+        if entry is not None and entry[0] == want and _is_dead(m.mountpoint):
+            return m
+    return None
+
+
+def _dead_error(m: Mount) -> MountError:
+    again = "colabkit.mount(force=True)" if m.method == "drive" else "colabkit.mount('ocamlfuse', force=True)"
+    return MountError(
+        f"Drive at {m.mountpoint} is dead ([Errno 107] Transport endpoint is not connected), so its pending "
+        "writes could not be pushed",
+        f"Remount with {again}, then call colabkit.flush(). Files written before the mount died may still "
+        "sit in the Drive client's local cache and be uploaded after the remount: keep this runtime until "
+        "flush() succeeds, and check that your latest files are on Drive.",
+        mountpoint=m.mountpoint,
+        method=m.method,
+        reason="dead",
+    )
 
 
 def _leave(point: Path) -> None:
@@ -338,7 +398,14 @@ def _mount_drive(point: Path, *, readonly: bool, force: bool, timeout: float) ->
             log.warning("Drive at %s is dead (Transport endpoint is not connected): remounting", point)
             force_remount = True
         elif not force:
+            _check_readonly(point, "drive", "ro" in entry[1], readonly)
             return Mount("drive", point, point / "MyDrive", "ro" in entry[1])
+    elif not point.is_symlink() and point.is_dir() and any(point.iterdir()):
+        # drive.mount takes a leftover 'My Drive' folder for a live mount, prints "already mounted" and
+        # returns; files there would make force_remount fail with "must not already contain files"
+        leftover = (point / "My Drive").exists()
+        why = " ('My Drive' there is a plain folder, not Drive: nothing is mounted)" if leftover else ""
+        raise _not_empty(point, "drive", why)
     attempt = functools.partial(colab.drive_mount, point, force_remount=force_remount, readonly=readonly)
     try:
         attempt(timeout_ms=int(timeout * 1000))
@@ -363,7 +430,8 @@ def _mount_drive(point: Path, *, readonly: bool, force: bool, timeout: float) ->
     if entry is None or entry[0] != _DRIVE_FSTYPE:
         raise MountError(
             f"drive.mount returned, but nothing is mounted at {point} (the mount table has no {_DRIVE_FSTYPE} there)",
-            f"A folder named 'My Drive' inside {point} fools drive.mount: call colabkit.mount(force=True).",
+            f"Look for files that appeared in {point} and move them out, then run the cell again; if it keeps "
+            "failing use Runtime → Restart session.",
             mountpoint=point,
             method="drive",
             reason="failed",
@@ -400,5 +468,5 @@ def _cli_mount(args: argparse.Namespace) -> int:
         client_id=args.client_id,
         label=args.label,
     )
-    print(f"mounted: {m.describe()}")
+    display.note(f"mounted: {m.describe()}")
     return 0

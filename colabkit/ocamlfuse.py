@@ -17,8 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import runtime
-from .drive import _OCAMLFUSE_FSTYPE, Mount, _is_dead, _not_empty, _table_entry, _unmount
+from . import display, runtime
+from .drive import _OCAMLFUSE_FSTYPE, Mount, _check_readonly, _is_dead, _not_empty, _table_entry, _unmount
 from .errors import MountError
 
 __all__ = ["mount"]
@@ -26,11 +26,20 @@ __all__ = ["mount"]
 log = logging.getLogger(__name__)
 
 _PPA = "ppa:alessandro-strada/ppa"
+_SECRET_VAR = "COLABKIT_OCAMLFUSE_CLIENT_SECRET"
+INSTALL_TIMEOUT_S = 600.0  # one apt-get step
 _NO_AUTH_HINT = (
     "Pass one of: service_account='key.json' (a service account key; share the Drive folders with its e-mail), "
     "state_dir='gdfuse-state/' (a ~/.gdfuse/<label>/ folder authorized once on a machine with a browser), or "
     "client_id='....apps.googleusercontent.com' (your own OAuth client; you paste a code). See docs/drive.md."
 )
+
+
+def _tool_env(**extra: str) -> dict[str, str]:
+    """The environment for the tool and its long-running FUSE daemon: never the client secret."""
+    env = {k: v for k, v in os.environ.items() if k != _SECRET_VAR}
+    env.update(extra)
+    return env
 
 
 def _os_ids() -> set[str]:
@@ -76,10 +85,18 @@ def _ensure_ocamlfuse() -> str:
             method="ocamlfuse",
             reason="missing_tool",
         )
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    env = _tool_env(DEBIAN_FRONTEND="noninteractive")
     for step in steps:
         log.info("installing google-drive-ocamlfuse: %s", " ".join(step))
-        proc = subprocess.run(step, capture_output=True, text=True, env=env, timeout=600)
+        try:
+            proc = subprocess.run(step, capture_output=True, text=True, env=env, timeout=INSTALL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise MountError(
+                f"installing google-drive-ocamlfuse hung at {' '.join(step)!r} for {INSTALL_TIMEOUT_S:g} s",
+                f"Check the network (apt mirrors, the PPA), then run it yourself in a terminal: {command}",
+                method="ocamlfuse",
+                reason="missing_tool",
+            ) from None
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
             raise MountError(
@@ -124,11 +141,12 @@ def _scrub(text: str, secrets: list[str]) -> str:
 
 def _headless_auth(exe: str, client_id: str, label: str, label_dir: Path, timeout: float) -> None:
     """``-headless -id``: the secret goes to the 0600 config file, the code to stdin; never argv."""
-    secret = os.environ.get("COLABKIT_OCAMLFUSE_CLIENT_SECRET") or getpass.getpass(
+    # taken out of the environment once read: the FUSE daemon and every training child inherit os.environ
+    secret = os.environ.pop(_SECRET_VAR, None) or getpass.getpass(
         "OAuth client secret for your client id (input hidden): "
     )
     _write_config(label_dir / "config", {"client_id": client_id, "client_secret": secret})
-    env = {k: v for k, v in os.environ.items() if k != "COLABKIT_OCAMLFUSE_CLIENT_SECRET"}
+    env = _tool_env()
     proc = subprocess.Popen(
         [exe, "-headless", "-id", client_id, "-label", label],
         stdin=subprocess.PIPE,
@@ -168,13 +186,21 @@ def _headless_auth(exe: str, client_id: str, label: str, label_dir: Path, timeou
                 method="ocamlfuse",
                 reason="auth",
             )
-        print(
+        display.note(
             "Open this URL, sign in, allow access, then copy the value after 'code=' from the address bar of "
-            f"the page it sends you to (it may fail to load; that is fine):\n{url.group(0)}",
-            flush=True,
+            f"the page it sends you to (it may fail to load; that is fine):\n{url.group(0)}"
         )
         code = getpass.getpass("Verification code (input hidden): ").strip()
-        out, _ = proc.communicate((code + "\n").encode(), timeout=timeout)
+        try:
+            out, _ = proc.communicate((code + "\n").encode(), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise MountError(
+                f"google-drive-ocamlfuse did not finish signing in within {timeout:g} s after the code",
+                "Check the network, then call colabkit.mount('ocamlfuse', client_id=..., timeout=300) and paste a "
+                "new code.",
+                method="ocamlfuse",
+                reason="auth",
+            ) from None
     except BaseException:
         proc.kill()
         proc.wait()
@@ -187,6 +213,26 @@ def _headless_auth(exe: str, client_id: str, label: str, label_dir: Path, timeou
             method="ocamlfuse",
             reason="auth",
         )
+
+
+def _copy_state(source: Path, label_dir: Path, label: str) -> None:
+    """Copy a pre-authorized state folder to ``~/.gdfuse/<label>/``, private to this user."""
+    try:
+        _private_dir(label_dir)
+        # state_dir may be ~/.gdfuse/<label> itself; copytree copies the source's modes too: reset below
+        if not os.path.samefile(source, label_dir):
+            shutil.copytree(source, label_dir, dirs_exist_ok=True)
+        label_dir.chmod(0o700)
+        for path in label_dir.rglob("*"):
+            path.chmod(0o700 if path.is_dir() else 0o600)
+    except (OSError, shutil.Error) as exc:
+        raise MountError(
+            f"could not copy the google-drive-ocamlfuse state folder {source} to {label_dir}: {exc}",
+            f"Check that you can read {source} and write ~/.gdfuse/ (or pass label=... for another folder), "
+            "then call colabkit.mount('ocamlfuse', state_dir=...) again.",
+            method="ocamlfuse",
+            reason="no_auth",
+        ) from exc
 
 
 def mount(
@@ -223,8 +269,10 @@ def mount(
 
     Raises:
         MountError: ``reason`` names the case: ``missing_tool`` (cannot install google-drive-ocamlfuse
-            here), ``no_auth`` (no credentials, or a key/state folder that is not there), ``auth``
-            (sign-in refused), ``not_empty``, ``busy`` (another file system there), ``failed``.
+            here), ``no_auth`` (no credentials, or a key/state folder that is not there or cannot be
+            copied), ``auth`` (sign-in refused), ``not_empty``, ``busy`` (another file system there),
+            ``readonly`` (a live mount is read-write and read-only was asked, or the reverse), ``timeout``
+            (the tool hung), ``failed``.
 
     Examples:
         >>> colabkit.mount("ocamlfuse", service_account="key.json")  # calls this
@@ -238,6 +286,7 @@ def mount(
     if entry is not None and entry[0] == _OCAMLFUSE_FSTYPE:
         dead = _is_dead(point)
         if not dead and not force:
+            _check_readonly(point, "ocamlfuse", "ro" in entry[1], readonly)
             return Mount("ocamlfuse", point, point, "ro" in entry[1])
         if dead:
             log.warning(
@@ -279,11 +328,7 @@ def mount(
                 method="ocamlfuse",
                 reason="no_auth",
             )
-        _private_dir(label_dir)
-        shutil.copytree(source, label_dir, dirs_exist_ok=True)  # copies the source's mode too: reset below
-        label_dir.chmod(0o700)
-        for path in label_dir.rglob("*"):
-            path.chmod(0o700 if path.is_dir() else 0o600)
+        _copy_state(source, label_dir, label)
     elif client_id:
         _private_dir(label_dir)
         _headless_auth(exe, client_id, label, label_dir, timeout)
@@ -297,9 +342,27 @@ def mount(
     if readonly:
         args += ["-o", "ro"]
     point.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        args + [str(point)], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
+    try:
+        proc = subprocess.run(
+            args + [str(point)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env=_tool_env(),
+        )
+    except subprocess.TimeoutExpired:
+        half = _table_entry(point)
+        if half is not None and half[0] == _OCAMLFUSE_FSTYPE:
+            _unmount(point)  # the mount came up but the tool never said so: do not keep a half-made mount
+        raise MountError(
+            f"google-drive-ocamlfuse did not finish mounting {point} within {timeout:g} s",
+            f"Drive may be slow to answer: call colabkit.mount('ocamlfuse', timeout=300); if it hangs again, "
+            f"read ~/.gdfuse/{label}/gdfuse.log.",
+            mountpoint=point,
+            method="ocamlfuse",
+            reason="timeout",
+        ) from None
     entry = _table_entry(point)
     if proc.returncode != 0 or entry is None or entry[0] != _OCAMLFUSE_FSTYPE:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 # what Colab ships and a requirements.txt must not silently replace (a CUDA torch for a CPU one, numpy 2 under
 # a numpy 1 build of everything else)
 PREINSTALLED = ("torch", "torchvision", "torchaudio", "tensorflow", "jax", "jaxlib", "numpy")
+# top-level folders of a Drive mount beside MyDrive: {mountpoint}/Shareddrives/<name>,
+# {mountpoint}/.shortcut-targets-by-id/<id>/
+_BESIDE_MYDRIVE = ("Shareddrives", ".shortcut-targets-by-id")
 _STAMP_DIR = ".colabkit"
 _STAMP = "requirements.stamp"
 
@@ -98,8 +101,11 @@ def _resolve(name_or_path: str | os.PathLike[str]) -> Path:
         m = drive.find_mount() or drive.mount()
         parts = path.parts
         if parts and parts[0] in ("MyDrive", "My Drive"):
-            path = Path(*parts[1:]) if len(parts) > 1 else Path()
-        resolved = m.root / path
+            resolved = m.root.joinpath(*parts[1:])
+        elif parts and parts[0] in _BESIDE_MYDRIVE:
+            resolved = m.mountpoint / path  # Shared drives and shortcuts sit next to MyDrive, not in it
+        else:
+            resolved = m.root / path
     if not resolved.exists():
         raise _not_found(resolved, raw)
     if not resolved.is_dir():
@@ -117,8 +123,10 @@ def project(
     """Open a project folder: resolve it on Drive, change into it, put it first on ``sys.path``, install deps.
 
     Args:
-        name_or_path: ``"test"`` (``<Mount.root>/test``), ``"MyDrive/test"``, ``"My Drive/test"`` or an
-            absolute path. A relative name mounts Drive first if nothing is mounted.
+        name_or_path: ``"test"`` (``<Mount.root>/test``), ``"MyDrive/test"``, ``"My Drive/test"``,
+            ``"Shareddrives/<drive>/test"`` or ``".shortcut-targets-by-id/<id>/test"`` (both beside MyDrive,
+            in ``<Mount.mountpoint>``) or an absolute path. A relative name mounts Drive first if nothing
+            is mounted.
         install: Install ``requirements.txt`` with pip when it changed since the last install on this machine.
         keep_preinstalled: Never up- or downgrade the runtime's torch, torchvision, torchaudio, tensorflow,
             jax, jaxlib and numpy (pip gets a constraints file pinning the installed versions).

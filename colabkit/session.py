@@ -9,9 +9,9 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import runtime
+from . import display, runtime
 from ._version import __version__
-from .errors import ColabkitWarning, MountError, ReleaseError
+from .errors import ColabkitWarning, GpuError, MountError, ReleaseError
 
 if TYPE_CHECKING:
     from .drive import Mount
@@ -91,15 +91,15 @@ class Session:
 
 def _show(obj: Any) -> None:
     """Show a summary: rich HTML in a notebook, text elsewhere."""
-    if runtime.display_mode() == "notebook":
+    if runtime.display_mode() == "notebook" and hasattr(obj, "_repr_html_"):
         try:
-            from IPython.display import display
+            from IPython.display import display as ipython_display
 
-            display(obj)
+            ipython_display(obj)
             return
         except ImportError:
             pass
-    print(str(obj), flush=True)
+    display.note(str(obj))
 
 
 def _check_gpu(mode: str | bool) -> GpuInfo | None:
@@ -109,7 +109,18 @@ def _check_gpu(mode: str | bool) -> GpuInfo | None:
 
     if mode == "require":
         return gpu.require_gpu(check_torch=True)  # torch checked in a child: no CUDA context here
-    found = gpu.gpus()
+    try:
+        found = gpu.gpus()
+    except (
+        GpuError
+    ) as exc:  # NVML is there but broken: an old pynvml shadowing nvidia-ml-py, a driver upgrade
+        warnings.warn(
+            f"the GPU could not be checked: {exc.message} Going on on the CPU (gpu='prefer'). "
+            f"To use the GPU: {exc.hint or 'restart the runtime.'}",
+            ColabkitWarning,
+            stacklevel=3,
+        )
+        return None
     if not found:
         warnings.warn(
             "no NVIDIA GPU found: going on on the CPU (gpu='prefer'). On Colab pick Runtime → Change runtime "
@@ -135,7 +146,8 @@ def setup(
 
     Args:
         project: Folder under My Drive (``"test"``), ``"MyDrive/test"`` or an absolute path; None opens none.
-        gpu: ``"require"`` (raise NoGpuError with the fix), ``"prefer"`` (warn and go on on the CPU) or False.
+        gpu: ``"require"`` (raise NoGpuError with the fix), ``"prefer"`` (warn and go on on the CPU, also when NVML
+            itself is broken) or False.
         mount: ``"auto"`` (drive on Colab, else the local folder), ``"drive"``, ``"ocamlfuse"``, ``"local"``
             or False.
         install: Install the project's requirements.txt when it changed.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fakes.colabvm import forget_fake_colab, make_vm, use_fake_colab
+from fakes.colabvm import forget_fake_colab, make_vm, mount_table, unmount_under, use_fake_colab
 
 from colabkit import colab
 from colabkit.errors import MountError, ReleaseError
@@ -189,3 +189,28 @@ def test_enterprise_and_space_through_the_fake(vm, monkeypatch):
         colab.drive_mount(vm.mountpoint, force_remount=False, timeout_ms=1000, readonly=False)
     assert info.value.reason == "enterprise"
     assert vm.calls() == []  # refused before asking the browser
+
+
+@pytest.mark.fuse
+def test_fake_says_already_mounted_without_force(vm, tmp_path, capsys):
+    mp = str(vm.mountpoint)
+    try:
+        colab.drive_mount(vm.mountpoint, force_remount=False, timeout_ms=120000, readonly=False)
+        assert capsys.readouterr().out == f"Mounted at {mp}\n"
+        colab.drive_mount(vm.mountpoint, force_remount=False, timeout_ms=120000, readonly=False)
+        assert capsys.readouterr().out == (
+            f"Drive already mounted at {mp}; to attempt to forcibly remount, call "
+            f'drive.mount("{mp}", force_remount=True).\n'
+        )
+        assert mount_table()[mp] == "fuse.drive"
+        assert [c.split()[0] for c in vm.calls()].count("blocking_request") == 2  # it asks before it looks
+        colab.drive_flush_and_unmount()
+        assert mp not in mount_table()
+    finally:
+        unmount_under(tmp_path)
+
+
+def test_fake_flush_with_nothing_mounted(vm, capsys):
+    colab.drive_flush_and_unmount()
+    assert capsys.readouterr().out == "Drive not mounted, so nothing to flush and unmount.\n"
+    assert vm.calls() == ["drive.flush_and_unmount timeout_ms=86400000"]

@@ -160,7 +160,7 @@ def test_dead_mount_is_remounted(vm):
     with pytest.raises(OSError) as info:
         os.stat(vm.mountpoint)
     assert info.value.errno == errno.ENOTCONN
-    assert drive.find_mount() is None or drive.find_mount().method == "local"
+    assert drive.find_mount() is None
     again = colabkit.mount()
     assert again == m
     assert (again.root).is_dir()
@@ -202,3 +202,81 @@ def test_auto_on_colab_means_drive(vm, monkeypatch):
     with pytest.raises(MountError) as info:
         colabkit.mount()
     assert info.value.method == "drive"
+
+
+@pytest.mark.fuse
+@pytest.mark.parametrize("remembered", [True, False], ids=["this-process", "mount-table"])
+def test_flush_of_a_dead_drive_says_so(vm, remembered):
+    m = colabkit.mount()
+    (m.root / "model.pt").write_bytes(b"weights")
+    kill_fuse(vm.mountpoint)
+    if not remembered:
+        drive._active = None  # another process mounted it: only the mount table knows
+    with pytest.raises(MountError, match=r"Drive at .* is dead \(\[Errno 107\]") as info:
+        colabkit.flush()
+    err = info.value
+    assert err.reason == "dead" and err.method == "drive" and err.mountpoint == str(vm.mountpoint)
+    assert "Remount with colabkit.mount(force=True), then call colabkit.flush()" in err.hint
+    assert "local cache" in err.hint
+    assert not any(c.startswith("drive.flush_and_unmount") for c in vm.calls())
+    assert str(vm.mountpoint) in mount_table()  # left for the remount the hint asks for
+    assert colabkit.mount(force=True) == m
+    colabkit.flush()
+    assert str(vm.mountpoint) not in mount_table()
+
+
+@pytest.mark.fuse
+def test_leftover_my_drive_folder_is_not_a_mount(vm):
+    (vm.mountpoint / "My Drive" / "old").mkdir(parents=True)
+    for force in (False, True):
+        with pytest.raises(
+            MountError, match=r"it holds 'My Drive' \('My Drive' there is a plain folder"
+        ) as info:
+            colabkit.mount(force=force)
+        err = info.value
+        assert err.reason == "not_empty" and err.method == "drive"
+        assert "never deletes or moves" in err.hint and "mountpoint=" in err.hint
+    assert vm.calls() == []  # refused before asking the browser
+    assert (vm.mountpoint / "My Drive" / "old").is_dir()
+    assert str(vm.mountpoint) not in mount_table()
+
+
+@pytest.mark.fuse
+def test_readonly_must_match_the_live_mount(vm):
+    colabkit.mount()
+    with pytest.raises(
+        MountError, match="already mounted read-write at .*readonly=True asks for read-only"
+    ) as info:
+        colabkit.mount(readonly=True)
+    assert info.value.reason == "readonly"
+    assert info.value.hint == (
+        "Pass force=True to remount it read-only: colabkit.mount('drive', readonly=True, force=True)."
+    )
+    m = colabkit.mount(readonly=True, force=True)
+    assert m.readonly and "ro" in drive._table_entry(vm.mountpoint)[1]
+    with pytest.raises(MountError, match="already mounted read-only") as info:
+        colabkit.mount()
+    assert "readonly=False, force=True" in info.value.hint
+    assert colabkit.mount(readonly=True) == m
+
+
+@pytest.mark.fuse
+def test_find_mount_on_colab_ignores_the_local_folder(vm, tmp_path):
+    (tmp_path / "drive/MyDrive").mkdir(parents=True)  # $COLABKIT_DRIVE, the stand-in off Colab
+    assert drive.find_mount() is None
+    m = colabkit.mount()
+    colabkit.flush()
+    assert drive.find_mount() is None
+    assert colabkit.mount() == m
+
+
+def test_find_mount_off_colab_uses_the_local_folder(tmp_path):
+    (tmp_path / "drive/MyDrive").mkdir(parents=True)
+    assert drive.find_mount() == drive.Mount("local", tmp_path / "drive", tmp_path / "drive/MyDrive")
+
+
+def test_relative_local_folder_is_made_absolute_when_called(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLABKIT_DRIVE", "rel")
+    m = colabkit.mount("local")
+    assert m.mountpoint == tmp_path / "rel" and m.root.is_absolute()

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from fakes.colabvm import BIN, mount_table, unmount_under
+from fakes.colabvm import BIN, fuse_pid, kill_fuse, mount_table, unmount_under
 
 import colabkit
 from colabkit import drive
@@ -203,8 +203,6 @@ def test_non_empty_mountpoint(gd, tmp_path):
 
 @pytest.mark.fuse
 def test_dead_ocamlfuse_mount_is_remounted(gd, tmp_path):
-    from fakes.colabvm import kill_fuse
-
     key = tmp_path / "key.json"
     key.write_text(json.dumps({"type": "service_account", "private_key": PRIVATE_KEY}))
     point = tmp_path / "gdrive"
@@ -212,3 +210,106 @@ def test_dead_ocamlfuse_mount_is_remounted(gd, tmp_path):
     kill_fuse(point)
     m = colabkit.mount("ocamlfuse", point, service_account=key)
     assert (m.root / "paper.txt").read_text() == "draft"
+
+
+def _key(tmp_path: Path) -> Path:
+    key = tmp_path / "key.json"
+    key.write_text(json.dumps({"type": "service_account", "private_key": PRIVATE_KEY}))
+    return key
+
+
+@pytest.mark.fuse
+def test_secret_from_the_environment_does_not_reach_the_daemon(gd, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLABKIT_OCAMLFUSE_CLIENT_SECRET", SECRET)
+    monkeypatch.setattr("getpass.getpass", lambda prompt: CODE)
+    point = tmp_path / "gdrive"
+    colabkit.mount("ocamlfuse", point, client_id="123-abc.apps.googleusercontent.com")
+    # the FUSE process outlives the call, as google-drive-ocamlfuse's daemon does
+    environ = Path(f"/proc/{fuse_pid(point)}/environ").read_bytes()
+    assert SECRET.encode() not in environ and b"COLABKIT_OCAMLFUSE_CLIENT_SECRET" not in environ
+    assert "COLABKIT_OCAMLFUSE_CLIENT_SECRET" not in os.environ  # nor run()'s training children
+    assert f"client_secret={SECRET}" in (Path.home() / ".gdfuse/default/config").read_text()
+
+
+@pytest.mark.fuse
+def test_state_dir_that_is_the_label_folder_itself(gd, tmp_path):
+    label_dir = Path.home() / ".gdfuse/default"
+    label_dir.mkdir(parents=True)
+    (label_dir / "state").write_text("refresh_token=abc\n")
+    point = tmp_path / "gdrive"
+    m = colabkit.mount("ocamlfuse", point, state_dir="~/.gdfuse/default")
+    assert mount_table()[str(point)] == FSTYPE and (m.root / "paper.txt").read_text() == "draft"
+    assert (label_dir / "state").read_text() == "refresh_token=abc\n"
+    assert stat.S_IMODE(label_dir.stat().st_mode) == 0o700
+
+
+def test_state_dir_that_cannot_be_copied(gd, tmp_path):
+    state = tmp_path / "gdfuse-state"
+    state.mkdir()
+    (state / "state").write_text("refresh_token=abc\n")
+    (Path.home() / ".gdfuse").write_text("a file where the folder should be")
+    with pytest.raises(
+        MountError, match=f"could not copy the google-drive-ocamlfuse state folder {state}"
+    ) as info:
+        colabkit.mount("ocamlfuse", tmp_path / "gdrive", state_dir=state)
+    assert info.value.reason == "no_auth" and "write ~/.gdfuse/" in info.value.hint
+    assert isinstance(info.value.__cause__, OSError)
+
+
+@pytest.mark.fuse
+def test_tool_that_hangs_is_a_timeout(gd, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_OCAMLFUSE_HANG_S", "30")
+    point = tmp_path / "gdrive"
+    with pytest.raises(MountError, match=f"did not finish mounting {point} within 0.5 s") as info:
+        colabkit.mount("ocamlfuse", point, service_account=_key(tmp_path), timeout=0.5)
+    assert info.value.reason == "timeout" and "timeout=300" in info.value.hint
+    assert str(point) not in mount_table()
+
+
+def test_install_that_hangs_is_a_missing_tool_error(tmp_path, monkeypatch):
+    from colabkit import ocamlfuse
+
+    sysroot = tmp_path / "box"
+    (sysroot / "etc").mkdir(parents=True)
+    (sysroot / "etc/os-release").write_text("ID=ubuntu\n")
+    monkeypatch.setenv("COLABKIT_SYSROOT", str(sysroot))
+    tools = tmp_path / "sbin"
+    tools.mkdir()
+    for name in ("apt-get", "add-apt-repository"):
+        (tools / name).write_text("#!/bin/sh\nexec sleep 30\n")  # exec: the pipes close when it is killed
+        (tools / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}/usr/bin:/bin")
+    monkeypatch.setattr(ocamlfuse, "INSTALL_TIMEOUT_S", 0.5)
+    with pytest.raises(
+        MountError, match="installing google-drive-ocamlfuse hung at 'add-apt-repository"
+    ) as info:
+        colabkit.mount("ocamlfuse", tmp_path / "gdrive", service_account=_key(tmp_path))
+    assert (
+        info.value.reason == "missing_tool"
+        and "apt-get install -y -qq google-drive-ocamlfuse" in info.value.hint
+    )
+
+
+@pytest.mark.fuse
+def test_readonly_must_match_the_live_mount(gd, tmp_path):
+    point = tmp_path / "gdrive"
+    key = _key(tmp_path)
+    colabkit.mount("ocamlfuse", point, service_account=key)
+    with pytest.raises(MountError, match="already mounted read-write") as info:
+        colabkit.mount("ocamlfuse", point, service_account=key, readonly=True)
+    assert info.value.reason == "readonly"
+    assert "colabkit.mount('ocamlfuse', readonly=True, force=True)" in info.value.hint
+    m = colabkit.mount("ocamlfuse", point, service_account=key, readonly=True, force=True)
+    assert m.readonly and "ro" in drive._table_entry(point)[1]
+
+
+@pytest.mark.fuse
+def test_flush_of_a_dead_ocamlfuse_mount_says_so(gd, tmp_path):
+    point = tmp_path / "gdrive"
+    key = _key(tmp_path)
+    colabkit.mount("ocamlfuse", point, service_account=key)
+    kill_fuse(point)
+    with pytest.raises(MountError, match="is dead") as info:
+        colabkit.flush()
+    assert info.value.reason == "dead" and info.value.method == "ocamlfuse"
+    assert "colabkit.mount('ocamlfuse', force=True), then call colabkit.flush()" in info.value.hint

@@ -67,6 +67,33 @@ def test_a_file_is_not_a_project(mydrive):
         colabkit.project("notes.txt")
 
 
+def test_relative_drive_folder_survives_the_chdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLABKIT_DRIVE", "rel-drive")
+    for name in ("a", "b"):
+        (tmp_path / "rel-drive/MyDrive" / name).mkdir(parents=True)
+    assert colabkit.project("a").path == tmp_path / "rel-drive/MyDrive/a"
+    assert colabkit.project("b").path == tmp_path / "rel-drive/MyDrive/b"  # cwd is now .../a
+    assert colabkit.project("MyDrive/a").path == tmp_path / "rel-drive/MyDrive/a"
+    assert sorted(os.listdir(tmp_path / "rel-drive/MyDrive/a")) == []  # no stray rel-drive/ in the project
+    assert sorted(os.listdir(tmp_path / "rel-drive/MyDrive/b")) == []
+
+
+def test_shared_drives_and_shortcuts_sit_beside_mydrive(mydrive):
+    top = mydrive.parent
+    (top / "Shareddrives/Lab/exp").mkdir(parents=True)
+    (top / ".shortcut-targets-by-id/1AbC/data").mkdir(parents=True)
+    assert colabkit.project("Shareddrives/Lab/exp").path == top / "Shareddrives/Lab/exp"
+    assert (
+        colabkit.project(".shortcut-targets-by-id/1AbC/data").path
+        == top / ".shortcut-targets-by-id/1AbC/data"
+    )
+    assert colabkit.project("MyDrive").path == mydrive
+    with pytest.raises(ProjectNotFound) as info:
+        colabkit.project("Shareddrives/Lab/exq")
+    assert info.value.path == str(top / "Shareddrives/Lab/exq") and info.value.candidates == ("exp",)
+
+
 # -- requirements, installed for real into a throwaway virtual environment -------------------------
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
 import pytest
-from fakes.colabvm import mount_table
+from conftest import child_env
+from fakes.colabvm import kill_fuse, mount_table
 
 import colabkit
 from colabkit import gpu, projects
@@ -168,3 +170,47 @@ def test_release_unassign_refused(vm, monkeypatch):
     with pytest.raises(ReleaseError, match="could not give the runtime back") as info:
         colabkit.release()
     assert "Disconnect and delete runtime" in info.value.hint
+
+
+@pytest.mark.fuse
+def test_release_keeps_the_vm_when_drive_died(vm):
+    m = colabkit.mount()
+    (m.root / "ckpt.pt").write_bytes(b"w")
+    kill_fuse(vm.mountpoint)
+    with pytest.raises(ReleaseError, match="the runtime was kept: Drive at .* is dead") as info:
+        colabkit.release()
+    assert info.value.__cause__.reason == "dead"
+    assert "colabkit.mount(force=True), then call colabkit.flush()" in info.value.hint
+    assert info.value.hint.endswith("Then call colabkit.release() again.")
+    assert not vm.unassigned
+    assert "runtime.unassign" not in vm.calls()
+
+
+def test_prefer_goes_on_when_nvml_is_broken(tmp_path):
+    # an old pynvml 11.x folder shadowing nvidia-ml-py: gpus() raises GpuError, gpu="prefer" must go on
+    shadow = tmp_path / "shadow/pynvml"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("def nvmlInit():\n    pass\n")
+    script = (
+        "import warnings, colabkit\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    s = colabkit.setup(gpu='prefer', mount=False)\n"
+        "print('GPU:', s.gpu)\n"
+        "for w in caught: print('WARNING:', w.category.__name__, w.message)\n"
+    )
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(shadow.parent), env["PYTHONPATH"]])
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "GPU      none: running on CPU" in proc.stdout and "GPU: None" in proc.stdout
+    warning = [line for line in proc.stdout.splitlines() if line.startswith("WARNING:")]
+    assert len(warning) == 1 and warning[0].startswith(
+        "WARNING: ColabkitWarning the GPU could not be checked: "
+    )
+    assert (
+        "is the old pynvml 11.x package" in warning[0] and "Going on on the CPU (gpu='prefer')" in warning[0]
+    )
+    assert "nvidia-ml-py" in warning[0].split("To use the GPU: ", 1)[1]
