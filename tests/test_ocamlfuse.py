@@ -79,14 +79,14 @@ def test_pre_authorized_state_folder(gd, tmp_path, monkeypatch):
     (state / "config").write_text("verification_code=\n")
     point = tmp_path / "my gdrive"  # a space: the mount table writes it as \040
     monkeypatch.setenv("COLABKIT_OCAMLFUSE_STATE_DIR", str(state))
-    m = colabkit.mount("ocamlfuse", point, label="work")
+    m = colabkit.mount("ocamlfuse", point, label="lab")
     assert m.root == point and mount_table()[str(point)] == FSTYPE
-    copied = Path.home() / ".gdfuse/work/state"
+    copied = Path.home() / ".gdfuse/lab/state"
     assert copied.read_text() == "refresh_token=abc\n"
     assert stat.S_IMODE(copied.stat().st_mode) == 0o600
     assert stat.S_IMODE(copied.parent.stat().st_mode) == 0o700
     assert drive._table_entry(point)[0] == FSTYPE
-    assert colabkit.mount("ocamlfuse", point, label="work") == m
+    assert colabkit.mount("ocamlfuse", point, label="lab") == m
 
 
 @pytest.mark.fuse
