@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import pickle
 import re
 import secrets
+import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from . import _procs
+from . import _procs, runtime
 from .errors import CheckpointError
 
 __all__ = ["latest", "load", "save"]
@@ -20,8 +23,43 @@ __all__ = ["latest", "load", "save"]
 log = logging.getLogger(__name__)
 
 _SUFFIXES = (".pt", ".pkl")  # .pt: written by torch.save; .pkl: pickle
-_SEQ = re.compile(r"^ckpt-(\d+)$")
-_TEMP = re.compile(r"^\.(?P<final>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
+_SEQ = re.compile(r"^ckpt-(\d{6,})\.(?:pt|pkl)$")  # the numbered checkpoints save() writes
+MANIFEST = ".colabkit-checkpoints.json"  # in the folder: the named checkpoints save() wrote
+FOREIGN_TEMP_AGE_S = 24 * 3600.0  # a temp file of another machine is abandoned after this long
+# ".<final>.tmp-<machine>-<pid>-<random>"; older versions wrote no machine tag
+_TEMP = re.compile(r"^\.(?P<final>.+)\.tmp-(?:(?P<machine>[^-]+)-)?(?P<pid>\d+)-[0-9a-f]+$")
+
+
+def _machine_tag() -> str:
+    """This machine: its host name and boot id, so another VM sharing a Drive folder is never mistaken for it.
+
+    Host names tell containers apart (they share a kernel and so a boot id but not pids); the boot id
+    tells this boot from an earlier one with the same host name.
+    """
+    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:40] or "host"
+    boot = re.sub(r"[^0-9a-f]", "", runtime.boot_id().lower())[:8]
+    return f"{host}_{boot}"
+
+
+def _temp_suffix() -> str:
+    """``.tmp-<machine>-<pid>-<random>``: whose temp file this is, for :func:`_abandoned`."""
+    return f".tmp-{_machine_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _abandoned(path: Path, machine: str | None, pid: int, *, now: float | None = None) -> bool:
+    """Whether a temp file (or folder) written by ``pid`` on ``machine`` can be removed.
+
+    On this machine: when its writer is gone. Another machine's writer cannot be asked (it may be
+    another VM sharing the same Drive folder, saving right now), so its temp files go only when they
+    have not changed for :data:`FOREIGN_TEMP_AGE_S`.
+    """
+    if machine == _machine_tag():
+        return pid != os.getpid() and not _procs.alive(pid)
+    try:
+        age = (time.time() if now is None else now) - path.lstat().st_mtime
+    except OSError:
+        return False
+    return age > FOREIGN_TEMP_AGE_S
 
 
 def _holds_tensors(obj: Any, depth: int = 0) -> bool:
@@ -55,50 +93,95 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _remove_stale_temps(folder: Path) -> None:
-    """Delete temp files left by saves that were killed (their writer is gone)."""
+    """Delete temp files left by saves that were killed (see :func:`_abandoned`)."""
     for entry in folder.iterdir():
         m = _TEMP.match(entry.name)
-        if m and int(m.group("pid")) != os.getpid() and not _procs.alive(int(m.group("pid"))):
+        if m and _abandoned(entry, m.group("machine"), int(m.group("pid"))):
             with contextlib.suppress(OSError):
                 entry.unlink()
+                log.debug("removed abandoned temp file %s", entry)
 
 
-def _complete(folder: Path) -> list[Path]:
-    """Checkpoints in ``folder``, oldest first, by modification time then name."""
-    found = []
+def _named(folder: Path) -> dict[str, str]:
+    """The manifest: stem of each named checkpoint save() wrote → its file name. Unreadable means none."""
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    named = data.get("named") if isinstance(data, dict) else None
+    if not isinstance(named, dict):
+        return {}
+    return {k: v for k, v in named.items() if isinstance(k, str) and isinstance(v, str) and v == f"{k}{Path(v).suffix}"}
+
+
+def _record_named(folder: Path, stem: str, file_name: str) -> None:
+    """Add ``stem`` → ``file_name`` to the manifest (temp file, fsync, rename: never half-written)."""
+    named = _named(folder)
+    named[stem] = file_name
+    manifest = folder / MANIFEST
+    temp = folder / f".{MANIFEST}{_temp_suffix()}"
+    try:
+        with open(temp, "w", encoding="utf-8") as f:
+            json.dump({"schema": 1, "named": dict(sorted(named.items()))}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, manifest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+
+
+def _ours(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Checkpoints save() wrote in ``folder``: (numbered, named), each oldest first.
+
+    Numbered ones are ``ckpt-NNNNNN.pt``/``.pkl``; named ones are those in the manifest. Any other
+    file (pretrained weights, a vocabulary pickle) is the user's and never listed.
+    """
     try:
         entries = list(os.scandir(folder))
     except (FileNotFoundError, NotADirectoryError):
-        return []
+        return [], []
+    named = set(_named(folder).values())
+    numbered: list[tuple[int, str]] = []
+    by_name: list[tuple[int, str]] = []
     for entry in entries:
-        if entry.name.startswith(".") or not entry.name.endswith(_SUFFIXES):
+        is_seq = _SEQ.match(entry.name) is not None
+        if not (is_seq or entry.name in named) or not entry.name.endswith(_SUFFIXES):
             continue
         try:
             if entry.is_file(follow_symlinks=False):
-                found.append((entry.stat().st_mtime_ns, entry.name))
+                (numbered if is_seq else by_name).append((entry.stat().st_mtime_ns, entry.name))
         except OSError:  # vanished while listing
             continue
-    found.sort()
-    return [folder / name for _, name in found]
+    numbered.sort()
+    by_name.sort()
+    return [folder / n for _, n in numbered], [folder / n for _, n in by_name]
 
 
 def _next_name(folder: Path) -> str:
-    seqs = [int(m.group(1)) for p in _complete(folder) if (m := _SEQ.match(p.stem))]
+    numbered, _ = _ours(folder)
+    seqs = [int(m.group(1)) for p in numbered if (m := _SEQ.match(p.name))]
     return f"ckpt-{max(seqs, default=0) + 1:06d}"
 
 
 def save(obj: Any, dir: str | os.PathLike[str], *, keep: int | None = 3, name: str | None = None) -> Path:
-    """Write a checkpoint atomically and keep only the newest ``keep``.
+    """Write a checkpoint atomically and keep only the newest ``keep`` numbered ones.
 
     The object goes to a hidden temp file in ``dir``, is flushed and fsynced, then renamed into place
     with ``os.replace`` (and the folder fsynced), so a process killed mid-save never leaves a file
     that :func:`latest` would return. Objects holding tensors are written with ``torch.save`` (when torch
     is already imported) as ``.pt``; anything else is pickled as ``.pkl``.
 
+    Only files ``save()`` wrote count as checkpoints: the numbered ``ckpt-NNNNNN.pt``/``.pkl`` and the
+    named ones listed in ``.colabkit-checkpoints.json`` in the folder. Other files there (pretrained
+    weights, a vocabulary pickle) are never pruned and never returned by :func:`latest`.
+
     Args:
         obj: what to save, e.g. ``{"step": 1200, "model": model.state_dict(), "opt": opt.state_dict()}``.
         dir: checkpoint folder, created if missing (put it on Drive to survive the VM).
-        keep: how many checkpoints to keep, newest first; ``None`` keeps all.
+        keep: how many numbered checkpoints to keep, newest first; ``None`` keeps all. Named
+            checkpoints are never pruned: saving the same name again replaces the file.
         name: file stem (``"best"`` → ``best.pt``); default ``ckpt-000001``, ``ckpt-000002``, ...
 
     Returns:
@@ -112,10 +195,12 @@ def save(obj: Any, dir: str | os.PathLike[str], *, keep: int | None = 3, name: s
     Examples:
         >>> colabkit.save({"step": 1200, "model": model.state_dict()}, "checkpoints")
         PosixPath('checkpoints/ckpt-000004.pt')
+        >>> colabkit.save({"model": model.state_dict()}, "checkpoints", name="best")
+        PosixPath('checkpoints/best.pt')
     """
     if keep is not None and keep < 1:
         raise ValueError(f"keep must be at least 1 (or None to keep all), got {keep!r}")
-    if name is not None and (not name or "/" in name or name.startswith(".")):
+    if name is not None and (not name or "/" in name or os.sep in name or name.startswith(".")):
         raise ValueError(f"name must be a plain file stem such as 'best', got {name!r}")
     folder = Path(dir)
     try:
@@ -128,8 +213,10 @@ def save(obj: Any, dir: str | os.PathLike[str], *, keep: int | None = 3, name: s
             path=folder,
         ) from exc
     use_torch = _holds_tensors(obj)
-    final = folder / f"{name or _next_name(folder)}{'.pt' if use_torch else '.pkl'}"
-    temp = folder / f".{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    stem = name or _next_name(folder)
+    final = folder / f"{stem}{'.pt' if use_torch else '.pkl'}"
+    temp = folder / f".{final.name}{_temp_suffix()}"
+    replaced = None  # a named checkpoint saved before with the other suffix
     try:
         with open(temp, "wb") as f:
             if use_torch:
@@ -139,6 +226,9 @@ def save(obj: Any, dir: str | os.PathLike[str], *, keep: int | None = 3, name: s
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, final)
+        if _SEQ.match(final.name) is None:
+            replaced = _named(folder).get(stem)
+            _record_named(folder, stem, final.name)  # after the rename: never claim a file that is not ours
     except BaseException as exc:
         with contextlib.suppress(OSError):
             temp.unlink()
@@ -156,9 +246,13 @@ def save(obj: Any, dir: str | os.PathLike[str], *, keep: int | None = 3, name: s
                 path=final,
             ) from exc
         raise
+    if replaced is not None and replaced != final.name:
+        with contextlib.suppress(OSError):
+            (folder / replaced).unlink()
     _fsync_dir(folder)
     if keep is not None:
-        for old in _complete(folder)[:-keep]:
+        numbered, _ = _ours(folder)
+        for old in numbered[:-keep]:
             if old != final:
                 with contextlib.suppress(OSError):
                     old.unlink()
@@ -167,16 +261,25 @@ def save(obj: Any, dir: str | os.PathLike[str], *, keep: int | None = 3, name: s
 
 
 def latest(dir: str | os.PathLike[str]) -> Path | None:
-    """The newest complete checkpoint in ``dir``, or ``None`` when there is none (or no folder).
+    """The newest complete checkpoint :func:`save` wrote in ``dir``, or ``None`` when there is none (or no folder).
 
-    Temp files of a save still running, or of one that was killed, are never returned.
+    Temp files of a save still running, or of one that was killed, are never returned, nor files
+    ``save()`` did not write (``pretrained.pt``, ``vocab.pkl``).
 
     Examples:
         >>> colabkit.latest("checkpoints")
         PosixPath('checkpoints/ckpt-000004.pt')
     """
-    found = _complete(Path(dir))
+    numbered, named = _ours(Path(dir))
+    found = sorted(numbered + named, key=lambda p: (_mtime_ns(p), p.name))
     return found[-1] if found else None
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return -1
 
 
 def load(path: str | os.PathLike[str], **torch_kwargs: Any) -> Any:

@@ -2,33 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import html
 import json
 import os
+import re
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
-from . import _procs
-from .errors import ProjectNotFound
-from .runtime import format_duration, sysroot
+from . import _procs, drive, projects, runtime
+from .errors import MountError, ProjectNotFound
+from .runtime import format_duration
 
 if TYPE_CHECKING:
     import argparse
 
 __all__ = ["RunInfo", "RunList", "runs"]
 
-_STATUSES = ("running", "finished", "failed", "interrupted")
+_STATUSES = ("running", "finished", "failed", "interrupted", "stopped")
+_DEAD = (errno.ENOTCONN, errno.ECONNABORTED)  # a FUSE mount whose daemon died
 
 
 @dataclass(frozen=True)
 class RunInfo:
-    """One run folder. ``status`` is ``finished``, ``failed``, ``interrupted``, ``running``, ``lost`` or ``unknown``.
+    """One run folder.
 
-    ``lost`` means the summary still says running, but its VM rebooted or its process is gone.
-    ``duration_s`` of a running run counts up to now. Bytes are ``int``; missing facts are ``None``.
+    ``status`` is ``finished``, ``failed``, ``interrupted``, ``stopped`` (its budget ran out),
+    ``running``, ``lost`` or ``unknown``. ``lost`` means the summary still says running, but its VM
+    rebooted or its process is gone. ``duration_s`` of a running run counts up to now. ``reason`` is
+    why colabkit stopped it (``"budget"``, ``"timeout"``, ``"interrupt"``). Bytes are ``int``; missing
+    facts are ``None``.
     """
 
     name: str
@@ -41,6 +49,7 @@ class RunInfo:
     returncode: int | None = None
     peak_gpu_bytes: int | None = None
     gpu_total_bytes: int | None = None
+    reason: str | None = None
     problem: str | None = None  # why the summary could not be read
 
     def row(self) -> tuple[str, str, str, str, str]:
@@ -55,9 +64,28 @@ class RunInfo:
             peak = _gib(self.peak_gpu_bytes)
         return self.name, self.status, started, duration, peak
 
+    def __repr__(self) -> str:
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.default is not dataclasses.MISSING and value == f.default:
+                continue
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, datetime):
+                value = value.isoformat()
+            parts.append(f"{f.name}={value!r}")
+        return f"RunInfo({', '.join(parts)})"
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in RunList._HEADER)
+        cells = "".join(f"<td>{html.escape(cell)}</td>" for cell in self.row())
+        note = f"<p>{html.escape(self.problem)}</p>" if self.problem else ""
+        return f"<table><thead><tr>{head}</tr></thead><tbody><tr>{cells}</tr></tbody></table>{note}"
+
 
 class RunList(Sequence[RunInfo]):
-    """The runs of one project, oldest first; prints as a table in a terminal and in a notebook."""
+    """The runs of one project, oldest first; ``str()`` is a text table, a notebook shows an HTML one."""
 
     _HEADER = ("run", "status", "started", "duration", "peak GPU")
 
@@ -86,8 +114,14 @@ class RunList(Sequence[RunInfo]):
         widths = [max(len(row[i]) for row in rows) for i in range(len(self._HEADER))]
         return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
-    def __repr__(self) -> str:
+    def __str__(self) -> str:
         return self.table()
+
+    def __repr__(self) -> str:
+        if not self._items:
+            return f"RunList(folder={str(self.folder)!r}, runs=[])"
+        inner = "".join(f"    {item!r},\n" for item in self._items)
+        return f"RunList(folder={str(self.folder)!r}, runs=[\n{inner}])"
 
     def _repr_html_(self) -> str:
         if not self._items:
@@ -122,21 +156,27 @@ def _float_or_none(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _boot_id() -> str:
+def _name_time(name: str) -> float | None:
+    """The start encoded in a run folder's name (``YYYYmmdd-HHMMSS-<script>``, local time), as a timestamp."""
     try:
-        return (sysroot() / "proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
+        return datetime.strptime(name[:15], "%Y%m%d-%H%M%S").timestamp()
+    except ValueError:
+        return None
 
 
-def _read(folder: Path, boot_id: str, now: datetime) -> RunInfo:
+def _read(folder: Path, boot_id: str, now: datetime) -> tuple[tuple[float, float, str], RunInfo]:
+    """The run in ``folder`` and its sort key: the second in its name, then the child's precise start, then the name."""
+    fallback = _name_time(folder.name)
+    key_unknown = (fallback if fallback is not None else float("inf"), 0.0, folder.name)
     try:
         data = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno in _DEAD:
+            raise _unusable(folder, exc) from exc
         problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return RunInfo(name=folder.name, path=folder, status="unknown", problem=f"summary.json: {problem}")
+        return key_unknown, RunInfo(name=folder.name, path=folder, status="unknown", problem=f"summary.json: {problem}")
     status = data.get("status")
     if status not in _STATUSES:
         status = "unknown"
@@ -150,7 +190,7 @@ def _read(folder: Path, boot_id: str, now: datetime) -> RunInfo:
             status = "lost"
         elif started is not None:
             duration = max(0.0, (now - started).total_seconds())
-    return RunInfo(
+    info = RunInfo(
         name=folder.name,
         path=folder,
         status=status,
@@ -161,20 +201,95 @@ def _read(folder: Path, boot_id: str, now: datetime) -> RunInfo:
         returncode=_int_or_none(data.get("returncode")),
         peak_gpu_bytes=_int_or_none(data.get("peak_gpu_bytes")),
         gpu_total_bytes=_int_or_none(data.get("gpu_total_bytes")),
+        reason=data.get("reason") if isinstance(data.get("reason"), str) else None,
+    )
+    # folder names (and "started") have one-second resolution: the child's create time orders runs started
+    # within the same second, whatever their scripts are called
+    if fallback is not None:
+        first = fallback
+    else:
+        first = started.timestamp() if started is not None else float("inf")
+    return (first, _float_or_none(data.get("pid_create_time")) or 0.0, folder.name), info
+
+
+def _mountpoint_of(path: Path) -> Path | None:
+    """The mount that holds ``path``, from ``/proc/mounts`` (a dead mount cannot be asked)."""
+    try:
+        with open("/proc/mounts", encoding="utf-8", errors="replace") as f:
+            points = [line.split()[1] for line in f if len(line.split()) > 2]
+    except OSError:
+        return None
+    best = None
+    for raw in points:
+        point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), raw))
+        if (point == path or point in path.parents) and (best is None or len(point.parts) > len(best.parts)):
+            best = point
+    return best
+
+
+def _unusable(path: Path, exc: OSError) -> MountError:
+    """The error for a runs folder that cannot be read: most often Drive's FUSE process died."""
+    point = _mountpoint_of(path)
+    if exc.errno in _DEAD:
+        where = f"Drive at {point}" if point is not None and point != Path("/") else "Drive"
+        return MountError(
+            f"{where} is dead ([Errno {exc.errno}] {exc.strerror}): cannot read {path}",
+            "Remount Drive with colabkit.mount(force=True), then list the runs again.",
+            mountpoint=point,
+            reason="dead",
+        )
+    return MountError(
+        f"Cannot read {path}: [Errno {exc.errno}] {exc.strerror or exc}",
+        f"Check that {path} is readable; if it is on Drive, remount it with colabkit.mount(force=True).",
+        mountpoint=point,
+        reason="io",
     )
 
 
-def _project_path(project: Any) -> Path:
-    if project is None:
-        try:
-            from . import projects
+def _is_dir(path: Path) -> bool:
+    """``Path.is_dir`` that turns a dead Drive mount into a MountError instead of a raw OSError."""
+    try:
+        return stat.S_ISDIR(path.stat().st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return False
+        raise _unusable(path, exc) from exc
 
-            current = projects.current()
-        except (ImportError, AttributeError):
-            current = None
-        return Path(current.path) if current is not None else Path.cwd()
-    path = getattr(project, "path", project)
-    return Path(os.fspath(path)).expanduser().absolute()
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise _unusable(folder, exc) from exc
+
+
+def _project_path(project: Any) -> Path:
+    """The project folder: an open Project, a path, or a name resolved on Drive as colabkit.project() does.
+
+    Unlike colabkit.project(), this never mounts Drive, changes the working directory or installs anything:
+    a relative name is looked up under the Drive root (``"test"``, ``"MyDrive/test"``) when Drive or its
+    local stand-in is there, else relative to the current directory.
+    """
+    if project is None:
+        current = projects.current()
+        if current is not None:
+            return Path(current.path)
+        try:
+            return Path.cwd()
+        except OSError as exc:  # the working directory was on a Drive that died
+            raise _unusable(Path(os.environ.get("PWD", ".")), exc) from exc
+    path = Path(os.fspath(getattr(project, "path", project))).expanduser()
+    if path.is_absolute():
+        return path
+    found = drive.find_mount()
+    if found is None:
+        return path.absolute()
+    parts = path.parts
+    if parts and parts[0] in ("MyDrive", "My Drive"):
+        path = Path(*parts[1:])
+    return found.root / path
 
 
 def runs(project: Any = None, *, log_dir: str = "runs") -> RunList:
@@ -185,46 +300,54 @@ def runs(project: Any = None, *, log_dir: str = "runs") -> RunList:
     ``lost``; a summary that cannot be read shows as ``unknown`` (never an exception).
 
     Args:
-        project: the project (a ``Project``, a folder path, or ``None`` for the open project, else the
-            current directory). A folder that itself holds run folders is read directly.
+        project: the project: a ``Project``, an absolute folder, or a name such as ``"test"`` or
+            ``"MyDrive/test"`` resolved under the Drive root like ``colabkit.project()`` does (relative
+            to the current directory when no Drive is mounted); ``None`` means the open project, else
+            the current directory. A folder that itself holds run folders is read directly. Nothing is
+            mounted and the working directory does not change.
         log_dir: name of the runs folder inside the project.
 
     Returns:
-        A :class:`RunList` (a sequence of :class:`RunInfo`, oldest first).
+        A :class:`RunList` (a sequence of :class:`RunInfo`, oldest first); ``print()`` it for a table.
 
     Raises:
         ProjectNotFound: ``project`` names a folder that does not exist.
+        MountError: the folder is on a Drive mount that stopped answering (``reason="dead"``: its FUSE
+            process died); remount with ``colabkit.mount(force=True)``.
 
     Examples:
-        >>> colabkit.runs()
+        >>> print(colabkit.runs("test"))
         run                      status    started           duration  peak GPU
         20250101-120000-train    finished  2025-01-01 12:00  41m12s    11.2 GiB / 15.0 GiB
         20250101-130500-train    lost      2025-01-01 13:05  n/a       n/a
+        >>> colabkit.runs("test")[0]
+        RunInfo(name='20250101-120000-train', path='/content/drive/MyDrive/test/runs/20250101-120000-train', status='finished', ...)
     """
     base = _project_path(project)
-    if not base.is_dir():
+    if not _is_dir(base):
         raise ProjectNotFound(
             f"No project folder at {base}",
             "Pass the project folder that holds the runs folder, e.g. colabkit.runs('/content/drive/MyDrive/test').",
             path=base,
         )
     folder = base / log_dir
-    if not folder.is_dir() and any(base.glob("*/summary.json")):
+    if not _is_dir(folder) and any(os.path.isfile(c / "summary.json") for c in _children(base)):
         folder = base  # given the runs folder itself
-    items: list[RunInfo] = []
-    if folder.is_dir():
-        boot_id = _boot_id()
+    keyed: list[tuple[tuple[float, float, str], RunInfo]] = []
+    if _is_dir(folder):
+        boot_id = runtime.boot_id()
         now = datetime.now(timezone.utc)
-        for child in sorted(folder.iterdir(), key=lambda p: p.name):
-            if child.name.startswith(".") or not child.is_dir():
+        for child in _children(folder):
+            if child.name.startswith(".") or not _is_dir(child):
                 continue
-            items.append(_read(child, boot_id, now))
-    return RunList(folder, items)
+            keyed.append(_read(child, boot_id, now))
+    keyed.sort(key=lambda pair: pair[0])
+    return RunList(folder, [info for _, info in keyed])
 
 
 def _cli_configure_runs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("project", nargs="?", default=None, metavar="PROJECT_DIR",
-                        help="project folder (default: the current directory)")
+    parser.add_argument("project", nargs="?", default=None, metavar="PROJECT",
+                        help="project folder or name on Drive (default: the current directory)")
     parser.add_argument("--log-dir", default="runs", help="runs folder inside the project (default: runs)")
 
 

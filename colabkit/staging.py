@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from . import _procs
+from .checkpoint import _TEMP, _abandoned, _machine_tag, _temp_suffix
 from .errors import StageError
 
 __all__ = ["stage"]
@@ -30,6 +30,7 @@ __all__ = ["stage"]
 log = logging.getLogger(__name__)
 
 STAMP = ".colabkit-stage.json"  # in the staged folder: what it was made from
+FILES = ".colabkit-stage-files.json"  # in the staged folder: every entry stage() put there
 ARCHIVE_SUFFIX = ".colabkit.tar"  # beside a source folder on Drive: its contents packed once
 INDEX_SUFFIX = ".colabkit.json"  # beside the archive: the manifest it was packed from
 _PARTIAL = ".colabkit-partial-"
@@ -133,11 +134,12 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 @contextlib.contextmanager
 def _replacing(path: Path, mode: str) -> Iterator[IO[Any]]:
-    """Write through a hidden temp sibling (``.<name>.tmp-<pid>``), fsynced then renamed over ``path``.
+    """Write through a hidden temp sibling (``.<name>.tmp-<machine>-<pid>-<random>``), fsynced then renamed over ``path``.
 
-    A writer killed midway leaves only the temp file, which the next packing removes once its pid is gone.
+    A writer killed midway leaves only the temp file, which the next packing removes once it is abandoned
+    (its writer on this machine is gone, or another machine's temp file is a day old).
     """
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temp = path.with_name(f".{path.name}{_temp_suffix()}")
     try:
         with open(temp, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
@@ -451,11 +453,12 @@ def _archive_for(folder: Path, entries: list[_Entry], fingerprint: str, progress
                 return archive
         except OSError:
             pass
-    for leftover in folder.parent.glob(f".{archive.name}.tmp-*"):  # from a packing that was killed
-        pid = leftover.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _procs.alive(int(pid)):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+    for written in (archive, index):  # temp files of a packing that was killed
+        for leftover in folder.parent.glob(f".{written.name}.tmp-*"):
+            m = _TEMP.match(leftover.name)
+            if m and m.group("final") == written.name and _abandoned(leftover, m.group("machine"), int(m.group("pid"))):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
     log.info("packing %s into %s", folder, archive)
     try:
         _pack(folder, entries, archive, progress)
@@ -481,19 +484,60 @@ def _archive_for(folder: Path, entries: list[_Entry], fingerprint: str, progress
 # ---------------------------------------------------------------------------- the public call
 
 
+def _sibling(dest: Path, kind: str) -> Path:
+    """``.<dest>.colabkit-partial-<machine>-<pid>`` (or ``-old-``): a temp folder beside ``dest``."""
+    return dest.with_name(f".{dest.name}{kind}{_machine_tag()}-{os.getpid()}")
+
+
 def _clear_leftovers(dest: Path) -> None:
-    """Remove temp siblings of ``dest`` left by stagings that were killed."""
+    """Remove temp siblings of ``dest`` left by stagings that were killed (on this machine, or a day ago)."""
     parent = dest.parent
     if not parent.is_dir():
         return
     for prefix in (f".{dest.name}{_PARTIAL}", f".{dest.name}{_OLD}"):
         for leftover in parent.glob(f"{prefix}*"):
-            try:
-                pid = int(leftover.name[len(prefix):])
-            except ValueError:
-                continue
-            if pid != os.getpid() and not _procs.alive(pid):
+            machine, _, pid = leftover.name[len(prefix):].rpartition("-")  # older versions wrote the pid only
+            if pid.isdigit() and _abandoned(leftover, machine or None, int(pid)):
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _listing(folder: Path) -> list[str]:
+    """Every entry under ``folder`` as a POSIX relative path, folders with a trailing ``/``; links not followed."""
+    out: list[str] = []
+    stack = [(folder, "")]
+    while stack:
+        here, prefix = stack.pop()
+        with os.scandir(here) as it:
+            for item in it:
+                rel = f"{prefix}{item.name}"
+                if item.is_dir(follow_symlinks=False):
+                    out.append(rel + "/")
+                    stack.append((Path(item.path), rel + "/"))
+                else:
+                    out.append(rel)
+    out.sort()
+    return out
+
+
+def _unknown_entries(target: Path) -> list[str]:
+    """Entries in a staged folder that stage() did not put there (a folder counts once, not its contents)."""
+    try:
+        recorded = json.loads((target / FILES).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = None
+    known = set(recorded) if isinstance(recorded, list) else set()
+    known.update((STAMP, FILES))
+    unknown: list[str] = []
+    unknown_dirs: set[str] = set()
+    for rel in _listing(target):
+        parts = rel.rstrip("/").split("/")
+        if any("/".join(parts[:i]) + "/" in unknown_dirs for i in range(1, len(parts))):
+            continue  # inside a folder already reported
+        if rel not in known:
+            unknown.append(rel)
+            if rel.endswith("/"):
+                unknown_dirs.add(rel)
+    return unknown
 
 
 def _check_space(src: Path, dest: Path, needed: int) -> None:
@@ -509,7 +553,13 @@ def _check_space(src: Path, dest: Path, needed: int) -> None:
         )
 
 
-def stage(src: str | os.PathLike[str], dest: str | os.PathLike[str] | None = None, *, progress: bool = True) -> Path:
+def stage(
+    src: str | os.PathLike[str],
+    dest: str | os.PathLike[str] | None = None,
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
     """Copy a dataset from Drive to the VM's local disk once, and return the local folder.
 
     A folder is packed once into ``<folder>.colabkit.tar`` beside it on Drive (re-packed when a file
@@ -517,19 +567,24 @@ def stage(src: str | os.PathLike[str], dest: str | os.PathLike[str] | None = Non
     than thousands of small ones. ``.zip``, ``.tar``, ``.tar.gz`` and ``.tgz`` files are extracted
     directly; any other file is copied. Everything lands in a hidden temp folder first and is renamed
     into place, so an interrupted staging never counts as done. A second call with the same source
-    does nothing.
+    does nothing. When the source changed, the staged folder is replaced, but only if it holds nothing
+    but what ``stage()`` put there (recorded in ``.colabkit-stage-files.json``): files you added to it
+    are never deleted unless you pass ``overwrite=True``.
 
     Args:
         src: the dataset on Drive, e.g. ``"/content/drive/MyDrive/data/images"`` or ``"images.zip"``.
         dest: the local folder; default ``/content/data/<name>`` on Colab, else
             ``$COLABKIT_CACHE/data/<name>`` (``~/.cache/colabkit/data/<name>``).
         progress: show a progress bar (only in a notebook or an interactive terminal).
+        overwrite: replace a folder an earlier ``stage()`` made even if files were added to it
+            (they are deleted). A folder ``stage()`` did not make is never replaced.
 
     Returns:
         The local folder holding the dataset.
 
     Raises:
-        StageError: ``src`` is missing, ``dest`` holds other files, the local disk is too small
+        StageError: ``src`` is missing, ``dest`` holds other files (a folder ``stage()`` did not make,
+            or files added to a staged folder whose source changed), the local disk is too small
             (checked before copying; ``needed_bytes`` and ``free_bytes`` say by how much), or an archive
             member would land outside ``dest``.
 
@@ -571,11 +626,29 @@ def stage(src: str | os.PathLike[str], dest: str | os.PathLike[str] | None = Non
     if stamp and stamp.get("fingerprint") == fingerprint and stamp.get("source") == str(source):
         log.info("%s is already staged at %s (unchanged)", source, target)
         return target
+    if stamp is not None and not overwrite:
+        if not (target / FILES).is_file():
+            raise StageError(
+                f"{target} must be re-staged because {source} changed, but it was staged by an older colabkit "
+                "that did not record its files, so files you added to it cannot be told apart",
+                f"Move anything you added out of {target} and pass overwrite=True (everything left in it is "
+                "deleted), or pass another dest=.",
+            )
+        unknown = _unknown_entries(target)
+        if unknown:
+            shown = ", ".join(repr(u) for u in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            raise StageError(
+                f"{target} must be re-staged because {source} changed, but it holds files stage() did not "
+                f"put there: {shown}{more}; refusing to delete them",
+                f"Move them out of {target}, or pass another dest=, or pass overwrite=True to replace the "
+                "folder and delete them.",
+            )
 
     target.parent.mkdir(parents=True, exist_ok=True)
     _clear_leftovers(target)
     _check_space(source, target, needed)
-    partial = target.with_name(f".{target.name}{_PARTIAL}{os.getpid()}")
+    partial = _sibling(target, _PARTIAL)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
@@ -591,10 +664,13 @@ def stage(src: str | os.PathLike[str], dest: str | os.PathLike[str] | None = Non
             _extract_tar(source, partial, progress)
         else:
             _copy_direct(source.parent, [_Entry(source.name, needed, source.stat().st_mtime_ns)], partial, progress)
+        listing = _listing(partial)  # before the temp file below appears in it
+        with _replacing(partial / FILES, "w") as f:
+            json.dump(listing, f)
         _write_json_atomic(
             partial / STAMP,
             {
-                "schema": 1,
+                "schema": 2,
                 "source": str(source),
                 "fingerprint": fingerprint,
                 "bytes": needed,
@@ -602,7 +678,8 @@ def stage(src: str | os.PathLike[str], dest: str | os.PathLike[str] | None = Non
             },
         )
         if target.exists():
-            old = target.with_name(f".{target.name}{_OLD}{os.getpid()}")
+            old = _sibling(target, _OLD)
+            shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
             os.replace(partial, target)
             shutil.rmtree(old, ignore_errors=True)

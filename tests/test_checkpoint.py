@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -174,3 +179,88 @@ def test_sigterm_saves_before_exit_and_resume_continues(tmp_path):
     step = checkpoint.load(saved)["step"]
     assert 1 <= step < 100  # saved because of the signal, not the schedule
     assert out.splitlines()[-1] == f"stopped by SIGTERM at step {step}; resume from {saved}"
+
+
+def test_foreign_files_are_never_pruned_nor_returned(tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "pretrained_resnet50.pt").write_bytes(b"user weights")
+    (folder / "vocab.pkl").write_bytes(b"user vocab")
+    (folder / "ckpt-final.pkl").write_bytes(b"user file named like ours")
+    assert checkpoint.latest(folder) is None
+    paths = [checkpoint.save({"step": i}, folder, keep=2) for i in range(5)]
+    (folder / "notes.pkl").write_bytes(b"written after the last save")
+    assert checkpoint.latest(folder) == paths[-1]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "ckpt-000004.pkl", "ckpt-000005.pkl", "ckpt-final.pkl", "notes.pkl", "pretrained_resnet50.pt", "vocab.pkl",
+    ]
+    assert (folder / "pretrained_resnet50.pt").read_bytes() == b"user weights"
+    assert checkpoint.load(folder) == {"step": 4}
+
+
+def test_named_checkpoints_are_recorded_never_pruned_and_count_for_latest(tmp_path):
+    folder = tmp_path / "ckpt"
+    best = checkpoint.save({"acc": 0.9}, folder, name="best")
+    assert checkpoint.latest(folder) == best
+    manifest = json.loads((folder / checkpoint.MANIFEST).read_text())
+    assert manifest == {"schema": 1, "named": {"best": "best.pkl"}}
+    for i in range(4):
+        newest = checkpoint.save({"step": i}, folder, keep=1)
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["best.pkl", "ckpt-000004.pkl"]
+    assert checkpoint.latest(folder) == newest
+    os.utime(best, ns=(time.time_ns() + 10**9,) * 2)  # saved again later (by mtime)
+    assert checkpoint.latest(folder) == best
+    (folder / checkpoint.MANIFEST).write_text("{broken")  # unreadable: named files no longer count, none deleted
+    assert checkpoint.latest(folder) == newest
+    checkpoint.save({"step": 9}, folder, keep=1)
+    assert best.exists()
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(timeout=10)
+    return child.pid
+
+
+def test_temp_files_of_this_machine_go_when_their_writer_is_dead(tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    me = checkpoint._machine_tag()
+    dead = folder / f".ckpt-000001.pkl.tmp-{me}-{_dead_pid()}-0123abcd"
+    live = folder / f".ckpt-000002.pkl.tmp-{me}-{os.getppid()}-0123abcd"  # a writer still running here
+    for p in (dead, live):
+        p.write_bytes(b"half")
+    checkpoint.save({"step": 1}, folder)
+    assert not dead.exists()
+    assert live.exists()
+    assert checkpoint.latest(folder) == folder / "ckpt-000001.pkl"
+
+
+def test_temp_files_of_another_machine_go_only_after_a_day(tmp_path):
+    """A Drive folder shared by two VMs: the other VM's pid means nothing here."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    pid = _dead_pid()  # dead here; the other VM's writer may be alive
+    fresh = folder / f".ckpt-000001.pkl.tmp-othervm_0badf00d-{pid}-0123abcd"
+    stale = folder / f".ckpt-000002.pkl.tmp-othervm_0badf00d-{pid}-4567abcd"
+    legacy_fresh = folder / f".best.pkl.tmp-{pid}-89abcdef"  # written before temp names held the machine
+    legacy_stale = folder / f".last.pkl.tmp-{pid}-89abcdef"
+    for p in (fresh, stale, legacy_fresh, legacy_stale):
+        p.write_bytes(b"half")
+    day_ago = time.time() - checkpoint.FOREIGN_TEMP_AGE_S - 60
+    for p in (stale, legacy_stale):
+        os.utime(p, (day_ago, day_ago))
+    checkpoint.save({"step": 1}, folder)
+    assert fresh.exists() and legacy_fresh.exists()
+    assert not stale.exists() and not legacy_stale.exists()
+
+
+def test_temp_names_say_which_machine_wrote_them(tmp_path, monkeypatch):
+    tag = checkpoint._machine_tag()
+    assert "-" not in tag and tag.startswith(re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:40])
+    seen = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (seen.append(Path(a).name), real_replace(a, b)))
+    checkpoint.save({"step": 1}, tmp_path)
+    m = checkpoint._TEMP.match(seen[0])
+    assert m and (m.group("final"), m.group("machine"), int(m.group("pid"))) == ("ckpt-000001.pkl", tag, os.getpid())

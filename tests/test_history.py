@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
 import pytest
+from fakes.colabvm import bindfs, kill_fuse
 
-from colabkit import cli, history
-from colabkit.errors import ProjectNotFound
+import colabkit
+from colabkit import cli, history, projects, runtime
+from colabkit.errors import MountError, ProjectNotFound
 
-BOOT_ID = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+BOOT_ID = runtime.boot_id()
 GIB = 2**30
 
 
@@ -89,7 +92,7 @@ def test_each_status_is_reported(tmp_path, alive, dead):
 def test_text_table_and_html(tmp_path):
     project = tmp_path / "proj"
     _write(project, "20250101-120000-<b>", _summary("finished", peak_gpu_bytes=3 * GIB))
-    text = repr(history.runs(project)).splitlines()
+    text = str(history.runs(project)).splitlines()
     assert text[0].split() == ["run", "status", "started", "duration", "peak", "GPU"]
     assert text[1].split()[:2] == ["20250101-120000-<b>", "finished"]
     assert text[1].endswith("41m12s    3.0 GiB")
@@ -102,14 +105,9 @@ def test_empty_project_default_project_and_missing_project(tmp_path, monkeypatch
     project = tmp_path / "proj"
     project.mkdir()
     assert len(history.runs(project)) == 0
-    assert repr(history.runs(project)) == f"No runs yet in {project / 'runs'}"
+    assert str(history.runs(project)) == f"No runs yet in {project / 'runs'}"
+    assert repr(history.runs(project)) == f"RunList(folder={str(project / 'runs')!r}, runs=[])"
     _write(project, "20250101-120000-train", _summary("finished"))
-    try:
-        from colabkit import projects
-    except ImportError:
-        pass
-    else:  # another test may have opened a project in this process
-        monkeypatch.setattr(projects, "current", lambda: None)
     monkeypatch.chdir(project)
     assert [r.status for r in history.runs()] == ["finished"]  # no open project: the current directory
     assert [r.status for r in history.runs(project / "runs")] == ["finished"]  # the runs folder itself
@@ -127,3 +125,109 @@ def test_cli_lists_runs(tmp_path, capsys):
     assert lines[1].split()[:2] == ["20250101-120000-train", "failed"]
     assert cli.main(["runs", str(tmp_path / "nowhere")]) == 1
     assert capsys.readouterr().err.startswith(f"colabkit runs: No project folder at {tmp_path / 'nowhere'}")
+
+
+def test_stopped_status_reason_and_runs_started_in_the_same_second(tmp_path):
+    project = tmp_path / "proj"
+    # same second: the folder names sort the other way round; the child's start time decides
+    _write(project, "20250101-120000-zeta", _summary("stopped", reason="budget", pid_create_time=1000.2))
+    _write(project, "20250101-120000-alpha", _summary("finished", pid_create_time=1000.7))
+    _write(project, "20250101-115959-omega", _summary("failed", pid_create_time=1003.0))  # an earlier second
+    listed = history.runs(project)
+    assert [r.name for r in listed] == ["20250101-115959-omega", "20250101-120000-zeta", "20250101-120000-alpha"]
+    assert (listed[1].status, listed[1].reason) == ("stopped", "budget")
+
+
+def test_run_info_and_run_list_reprs(tmp_path):
+    project = tmp_path / "proj"
+    _write(project, "20250101-120000-train", _summary("finished", peak_gpu_bytes=3 * GIB))
+    _write(project, "20250101-130000-<b>", "{broken")
+    listed = history.runs(project)
+    folder = project / "runs"
+    first = (
+        f"RunInfo(name='20250101-120000-train', path={str(folder / '20250101-120000-train')!r}, status='finished', "
+        "script='train.py', started='2025-01-01T12:00:00+00:00', ended='2025-01-01T12:41:12+00:00', "
+        f"duration_s=2472.0, returncode=0, peak_gpu_bytes={3 * GIB})"
+    )
+    assert repr(listed[0]) == first
+    second = repr(listed[1])
+    assert second.startswith("RunInfo(name='20250101-130000-<b>', path=") and "status='unknown', problem='summary.json: " in second
+    assert "script=" not in second and "None" not in second  # defaults are left out
+    assert repr(listed) == f"RunList(folder={str(folder)!r}, runs=[\n    {first},\n    {second},\n])"
+    assert str(listed).splitlines()[0].split()[:2] == ["run", "status"]
+
+    html = listed[1]._repr_html_()
+    assert "20250101-130000-&lt;b&gt;" in html and "<b>" not in html
+    assert "<td>unknown</td><td>n/a</td><td>n/a</td><td>n/a</td>" in html
+    assert "<p>summary.json: " in html
+    assert listed[0]._repr_html_().count("<td>") == 5
+
+
+def test_project_name_is_resolved_on_drive_without_side_effects(tmp_path, monkeypatch):
+    here = tmp_path / "elsewhere"
+    _write(here / "test", "20250101-110000-train", _summary("failed"))  # ./test: must not be the one read
+    monkeypatch.chdir(here)
+    assert [r.status for r in history.runs("test")] == ["failed"]  # no Drive nor stand-in: the current directory
+
+    root = tmp_path / "drive" / "MyDrive"  # the $COLABKIT_DRIVE stand-in of conftest
+    _write(root / "test", "20250101-120000-train", _summary("finished"))
+    for name in ("test", "MyDrive/test", "My Drive/test"):
+        listed = history.runs(name)
+        assert [r.status for r in listed] == ["finished"], name
+        assert listed.folder == root / "test" / "runs"
+    assert Path.cwd() == here and projects.current() is None  # nothing opened, no chdir
+    with pytest.raises(ProjectNotFound) as info:
+        history.runs("tset")
+    assert info.value.message == f"No project folder at {root / 'tset'}"
+    assert info.value.path == str(root / "tset")
+    assert [r.status for r in history.runs(here / "test")] == ["failed"]  # an absolute path is taken as is
+
+
+@pytest.mark.fuse
+def test_dead_drive_mount_raises_mount_error_with_the_fix(tmp_path):
+    backing = tmp_path / "backing"
+    _write(backing / "proj", "20250101-120000-train", _summary("finished"))
+    with bindfs(backing, tmp_path / "mnt") as mnt:
+        assert [r.status for r in history.runs(mnt / "proj")] == ["finished"]
+        kill_fuse(mnt)
+        with pytest.raises(MountError, match=r"^Drive at .*mnt is dead \(\[Errno 107\] Transport endpoint") as info:
+            history.runs(mnt / "proj")
+        err = info.value
+        assert err.reason == "dead" and err.mountpoint == str(mnt)
+        assert f"): cannot read {mnt / 'proj'}" in err.message
+        assert err.hint == "Remount Drive with colabkit.mount(force=True), then list the runs again."
+        assert isinstance(err, OSError)
+
+
+_OK = "import time\ntime.sleep(0.3)\nprint('done')\n"
+_FAIL = "import sys\nprint('bad input', file=sys.stderr)\nsys.exit(3)\n"
+
+
+def test_real_runs_are_listed_in_order_with_status_and_duration(tmp_path, monkeypatch):
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "train.py").write_text(_OK)
+    (project / "broken.py").write_text(_FAIL)
+    (project / "train2.py").write_text(_OK)
+    monkeypatch.chdir(project)
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    results = [
+        colabkit.run("train.py", monitor=False),
+        colabkit.run("broken.py", monitor=False, check=False),  # same second as the next, most likely
+        colabkit.run("train2.py", monitor=False),
+    ]
+    after = datetime.now(timezone.utc)
+    assert [r.status for r in results] == ["finished", "failed", "finished"]
+
+    listed = history.runs(str(project))
+    assert [r.path for r in listed] == [r.log_dir for r in results]
+    assert [(r.script, r.status, r.returncode) for r in listed] == [
+        ("train.py", "finished", 0), ("broken.py", "failed", 3), ("train2.py", "finished", 0),
+    ]
+    for info, result in zip(listed, results, strict=True):
+        assert info.duration_s == pytest.approx(result.duration_s, abs=0.01)
+        assert before <= info.started <= info.ended <= after
+        assert info.peak_gpu_bytes is None and info.problem is None
+    assert listed[0].duration_s >= 0.3
+    assert [r.name for r in history.runs()] == [r.name for r in listed]  # the current directory by default
+    assert cli.main(["runs", str(project)]) == 0

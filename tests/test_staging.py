@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import signal
+import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +19,7 @@ import pytest
 from conftest import child_env, child_process
 from fakes.colabvm import bindfs
 
-from colabkit import staging
+from colabkit import checkpoint, staging
 from colabkit.errors import StageError
 
 N_FILES = 2000
@@ -33,7 +37,7 @@ def _contents(folder: Path) -> dict[str, bytes | None]:
     out: dict[str, bytes | None] = {}
     for path in folder.rglob("*"):
         rel = path.relative_to(folder).as_posix()
-        if rel == staging.STAMP:
+        if rel in (staging.STAMP, staging.FILES):
             continue
         out[rel] = path.read_bytes() if path.is_file() else None
     return out
@@ -253,3 +257,114 @@ def test_progress_bar_only_when_someone_watches(tmp_path, monkeypatch, capsys):
     assert "extract ds.zip" in capsys.readouterr().out
     staging.stage(src, tmp_path / "c", progress=False)
     assert capsys.readouterr().out == ""
+
+
+def test_restaging_refuses_to_delete_files_added_to_the_staged_folder(tmp_path):
+    src = tmp_path / "ds"
+    _make_dataset(src, n=3)
+    dest = tmp_path / "local" / "ds"
+    staging.stage(src, dest)
+    (dest / "notes.txt").write_text("my notes")
+    (dest / "mine").mkdir()
+    (dest / "mine" / "a.txt").write_text("a")
+    (dest / "class0" / "extra.bin").write_bytes(b"x")
+    assert staging.stage(src, dest) == dest  # source unchanged: nothing to do, nothing touched
+    assert (dest / "notes.txt").read_text() == "my notes"
+
+    (src / "class1" / "img00001.bin").write_bytes(b"changed")
+    with pytest.raises(StageError, match="holds files stage\\(\\) did not put there") as info:
+        staging.stage(src, dest)
+    assert info.value.message == (
+        f"{dest} must be re-staged because {src} changed, but it holds files stage() did not put there: "
+        "'class0/extra.bin', 'mine/', 'notes.txt'; refusing to delete them"
+    )
+    assert info.value.hint == (
+        f"Move them out of {dest}, or pass another dest=, or pass overwrite=True to replace the folder and delete them."
+    )
+    assert (dest / "notes.txt").read_text() == "my notes" and (dest / "mine" / "a.txt").exists()
+    assert (dest / "class1" / "img00001.bin").read_bytes() != b"changed"  # the old copy, untouched
+
+    for i in range(5):
+        (dest / f"more{i}.txt").write_text("x")
+    with pytest.raises(StageError, match="'mine/', 'more0.txt', 'more1.txt', 'more2.txt' and 3 more; refusing"):
+        staging.stage(src, dest)
+
+    assert staging.stage(src, dest, overwrite=True) == dest
+    assert _contents(dest) == _contents(src)
+    assert [p.name for p in dest.parent.iterdir()] == ["ds"]
+
+    (dest / staging.FILES).unlink()  # as staged by a version that kept no list
+    (src / "class1" / "img00001.bin").write_bytes(b"changed again")
+    with pytest.raises(StageError, match="staged by an older colabkit that did not record its files") as info:
+        staging.stage(src, dest)
+    assert info.value.hint.startswith(f"Move anything you added out of {dest} and pass overwrite=True")
+
+
+def test_restaging_without_added_files_replaces_and_overwrite_never_touches_foreign_folders(tmp_path):
+    src = tmp_path / "ds.zip"
+    _zip(src, MEMBERS)
+    dest = staging.stage(src, tmp_path / "local" / "ds")
+    assert json.loads((dest / staging.FILES).read_text()) == ["labels.csv", "train/", "train/a.txt", "train/b.txt"]
+    _zip(src, {"labels.csv": b"new"})
+    os.utime(src, ns=(time.time_ns() + 10**9,) * 2)
+    assert staging.stage(src, dest) == dest
+    assert {k: v for k, v in _contents(dest).items() if v is not None} == {"labels.csv": b"new"}
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("keep me")
+    with pytest.raises(StageError, match="was not made by colabkit.stage"):
+        staging.stage(src, mine, overwrite=True)
+    assert (mine / "thesis.tex").read_text() == "keep me"
+
+
+def test_leftovers_of_this_machine_go_when_their_stager_is_dead(tmp_path):
+    src = tmp_path / "images"
+    _make_dataset(src, n=5)
+    dest = tmp_path / "local" / "images"
+    dest.parent.mkdir()
+    me = checkpoint._machine_tag()
+    dead = _dead_pid()
+    partial = dest.with_name(f".images{staging._PARTIAL}{me}-{dead}")
+    live = dest.with_name(f".images{staging._PARTIAL}{me}-{os.getppid()}")
+    archive_temp = tmp_path / f".images{staging.ARCHIVE_SUFFIX}.tmp-{me}-{dead}-0123abcd"
+    for p in (partial, live):
+        p.mkdir()
+        (p / "half.bin").write_bytes(b"half")
+    archive_temp.write_bytes(b"half")
+    staging.stage(src, dest)
+    assert not partial.exists() and not archive_temp.exists()
+    assert live.exists()
+
+
+def test_leftovers_of_another_machine_go_only_after_a_day(tmp_path):
+    """Source and destination on a Drive folder two VMs share: the other VM may be staging right now."""
+    src = tmp_path / "images"
+    _make_dataset(src, n=5)
+    dest = tmp_path / "local" / "images"
+    dest.parent.mkdir()
+    dead = _dead_pid()
+    fresh = [
+        dest.with_name(f".images{staging._PARTIAL}othervm_0badf00d-{dead}"),
+        dest.with_name(f".images{staging._OLD}{dead}"),  # written before names held the machine
+        tmp_path / f".images{staging.ARCHIVE_SUFFIX}.tmp-othervm_0badf00d-{dead}-0123abcd",
+        tmp_path / f".images{staging.INDEX_SUFFIX}.tmp-othervm_0badf00d-{dead}-0123abcd",
+    ]
+    stale = [p.with_name(p.name + "0") for p in fresh]  # another pid (or random part), a day old
+    for p in fresh + stale:
+        if "partial" in p.name or "old" in p.name:
+            p.mkdir()
+        else:
+            p.write_bytes(b"half")
+    day_ago = time.time() - checkpoint.FOREIGN_TEMP_AGE_S - 60
+    for p in stale:
+        os.utime(p, (day_ago, day_ago))
+    staging.stage(src, dest)
+    assert [p.name for p in fresh if not p.exists()] == []
+    assert [p.name for p in stale if p.exists()] == []
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(timeout=10)
+    return child.pid
