@@ -1,41 +1,71 @@
-"""Process groups of runs, and processes that an earlier run left holding GPU memory.
+"""Process groups of runs: signalling and stopping them, and finding what earlier runs left alive.
 
-A run's child leads its own process group; its ``summary.json`` records the child's pid, psutil
-create time and the machine's boot id. Together they name the process even after the pid is reused:
-a live process with that pid but another create time, or a summary from another boot, is not ours.
+A run's child leads its own process group; its ``summary.json`` records the child's pid and psutil
+create time, the launcher's (the process that called ``run()``) and the machine's boot id. Together
+they name the processes even after a pid is reused: a live process with that pid but another create
+time, or a summary from another boot, is not ours. A group whose launcher is still alive belongs to
+a run in progress elsewhere (another notebook, ``colabkit run`` in a terminal) and is never ended.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import signal
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import display
+from . import _procs, display, runtime
 
 __all__ = [
     "StaleProcess",
-    "boot_id",
+    "Tree",
     "end",
     "find",
     "group_members",
     "protected_pids",
+    "redact",
     "report",
     "signal_group",
+    "stop",
 ]
 
 TERM_GRACE_S = 5.0  # after SIGTERM, before SIGKILL
 KILL_WAIT_S = 5.0  # after SIGKILL, how long to wait for the kernel to reap
-_CREATE_TIME_TOLERANCE_S = 0.5
+WALK_S = 1.0  # how often a run's process tree is walked for descendants that left the group
+_SECRET_NAME = re.compile(r"token|key|secret|passw(or)?d", re.IGNORECASE)
+REDACTED = "***"
 
 
-def boot_id() -> str:
-    """This boot's id (``/proc/sys/kernel/random/boot_id``), ``""`` if unreadable."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
+def redact(args: Iterable[str]) -> list[str]:
+    """Command-line arguments with the values of secret-looking options replaced by ``***``.
+
+    An option whose name holds token, key, secret or password loses its value, written either way:
+    ``--api-key X`` and ``--token=X``.
+
+    Examples:
+        >>> redact(["--api-key", "sk-123", "--token=abc", "--lr", "3"])
+        ['--api-key', '***', '--token=***', '--lr', '3']
+    """
+    out: list[str] = []
+    hide_next = False
+    for arg in args:
+        if hide_next and not arg.startswith("-"):
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        hide_next = False
+        if arg.startswith("-") and _SECRET_NAME.search(arg.split("=", 1)[0]):
+            if "=" in arg:
+                arg = arg.split("=", 1)[0] + "=" + REDACTED
+            else:
+                hide_next = True
+        out.append(arg)
+    return out
 
 
 def group_members(pgid: int) -> list[int]:
@@ -71,6 +101,99 @@ def signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def _state(pid: int) -> str | None:
+    """The process's state letter from /proc (``"Z"`` for a zombie), ``None`` if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2 :].split()[0].decode()
+
+
+class Tree:
+    """A run's process group, plus the descendants that left it (``os.setsid``) seen while they ran.
+
+    ``walk()`` records every descendant of the child with its create time; a process counts as ours
+    only while that pid still has that create time, so nothing outside the child's tree is touched.
+    """
+
+    def __init__(self, pgid: int) -> None:
+        self.pgid = pgid
+        self.descendants: dict[int, float] = {}  # pid -> psutil create time
+        self._next_walk = -math.inf
+
+    def walk(self, now: float | None = None) -> None:
+        """Record the child's descendants; with ``now``, only if ``WALK_S`` passed since the last walk."""
+        if now is not None:
+            if now < self._next_walk:
+                return
+            self._next_walk = now + WALK_S
+        import psutil
+
+        try:
+            kids = psutil.Process(self.pgid).children(recursive=True)
+        except psutil.Error:
+            return
+        for kid in kids:
+            try:
+                self.descendants.setdefault(kid.pid, kid.create_time())
+            except psutil.Error:
+                continue
+
+    def escaped(self) -> list[int]:
+        """Recorded descendants still running outside the group."""
+        pids = []
+        for pid, created in list(self.descendants.items()):
+            if not _procs.alive(pid, created) or _state(pid) in (None, "Z"):
+                del self.descendants[pid]
+                continue
+            try:
+                if os.getpgid(pid) == self.pgid:
+                    continue
+            except OSError:
+                continue
+            pids.append(pid)
+        return pids
+
+    def members(self) -> list[int]:
+        """Live processes of the group and escaped descendants."""
+        return group_members(self.pgid) + self.escaped()
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the group and to every escaped descendant."""
+        signal_group(self.pgid, sig)
+        for pid in self.escaped():
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def stop(tree: Tree, *, int_grace: float, term_grace: float, kill_wait: float) -> list[int]:
+    """End a run's processes now: SIGINT, then SIGTERM, then SIGKILL, each until all are gone or its time is up.
+
+    A KeyboardInterrupt while waiting (Stop pressed again) skips to SIGKILL. Returns the processes
+    still alive afterwards (normally none).
+    """
+    tree.walk()
+    steps = [(signal.SIGINT, int_grace), (signal.SIGTERM, term_grace), (signal.SIGKILL, kill_wait)]
+    step = 0
+    while step < len(steps):
+        sig, wait = steps[step]
+        try:
+            if not tree.members():
+                return []
+            tree.signal(sig)
+            deadline = time.monotonic() + wait
+            while tree.members() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            step += 1
+        except KeyboardInterrupt:
+            step = len(steps) - 1
+    return tree.members()
+
+
 def protected_pids() -> set[int]:
     """This process and its ancestors: never ended as 'stale'."""
     pids = set()
@@ -95,6 +218,7 @@ class StaleProcess:
     run_dir: Path
     gpu_bytes: int | None
     command: str
+    launcher_pid: int | None = None  # set when the run that started it is still going: never ended
 
 
 def find(runs_root: Path) -> list[StaleProcess]:
@@ -103,7 +227,7 @@ def find(runs_root: Path) -> list[StaleProcess]:
 
     if not runs_root.is_dir():
         return []
-    boot = boot_id()
+    boot = runtime.boot_id()
     protected = protected_pids()
     found: list[StaleProcess] = []
     holders: dict[int, int] | None = None
@@ -114,7 +238,7 @@ def find(runs_root: Path) -> list[StaleProcess]:
             created = float(data["pid_create_time"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if data.get("boot_id") and boot and data["boot_id"] != boot:
+        if pid <= 1 or (data.get("boot_id") and boot and data["boot_id"] != boot):
             continue
         try:  # cheap: is there any process in that group at all?
             os.killpg(pid, 0)
@@ -122,29 +246,32 @@ def find(runs_root: Path) -> list[StaleProcess]:
             continue
         except (PermissionError, OSError):
             pass
-        try:  # the leader alive with another start time: the pid was recycled, not ours
-            if abs(psutil.Process(pid).create_time() - created) > _CREATE_TIME_TOLERANCE_S:
-                continue
-        except psutil.Error:
-            pass  # the leader is gone; its group id cannot be reused while members live
+        if _procs.alive(pid) and not _procs.alive(pid, created):
+            continue  # the leader alive with another start time: the pid was recycled, not ours
         pids = []
-        for member in group_members(pid) if pid > 1 else []:
+        for member in group_members(pid):
             try:
                 started = psutil.Process(member).create_time()
-                if started + _CREATE_TIME_TOLERANCE_S >= created and member not in protected:
-                    pids.append(member)
             except psutil.Error:
                 continue
+            if started + _procs.CREATE_TIME_TOLERANCE_S >= created and member not in protected:
+                pids.append(member)
         if not pids:
             continue
+        launcher = data.get("launcher_pid")
+        in_use = _procs.alive(launcher, data.get("launcher_create_time"))
         if holders is None:
             holders = _gpu_holders()
         for member in pids:
             try:
-                command = " ".join(psutil.Process(member).cmdline())[:100]
+                command = " ".join(redact(psutil.Process(member).cmdline()))[:100]
             except psutil.Error:
                 command = ""
-            found.append(StaleProcess(member, summary_path.parent, holders.get(member), command))
+            found.append(
+                StaleProcess(
+                    member, summary_path.parent, holders.get(member), command, launcher if in_use else None
+                )
+            )
     return found
 
 
@@ -186,15 +313,22 @@ def end(pids: list[int]) -> list[int]:
 
 
 def report(runs_root: Path, *, kill: bool) -> None:
-    """Say which processes of earlier runs are still alive; with ``kill``, end them first."""
-    stale = find(runs_root)
-    if not stale:
-        return
-    for s in stale:
+    """Say which processes of earlier runs are still alive; with ``kill``, end those whose run is over."""
+    found = find(runs_root)
+    stale = [s for s in found if s.launcher_pid is None]
+    for s in found:
+        if s.launcher_pid is not None:
+            display.note(
+                f"colabkit: pid {s.pid} is in use by run {s.run_dir.name} (launcher pid {s.launcher_pid}); "
+                f"left alone: {s.command}"
+            )
+            continue
         mem = (
             f"holds {display.format_bytes(s.gpu_bytes)} of GPU memory" if s.gpu_bytes else "is still running"
         )
         display.note(f"colabkit: pid {s.pid} from the earlier run {s.run_dir.name} {mem}: {s.command}")
+    if not stale:
+        return
     if not kill:
         display.note("colabkit: pass kill_stale=True to run() to end these processes first")
         return

@@ -15,7 +15,16 @@ from typing import Any, TextIO
 
 from . import runtime
 
-__all__ = ["OutputView", "StatusLine", "format_bytes", "format_duration", "format_status", "note"]
+__all__ = [
+    "OutputView",
+    "StatusLine",
+    "format_bytes",
+    "format_duration",
+    "format_status",
+    "note",
+    "show",
+    "show_image",
+]
 
 REFRESH_S = 0.25  # about four screen updates a second
 MAX_LINES_PER_S = 100  # beyond this the screen shows a note and output.log keeps the rest
@@ -71,6 +80,30 @@ def format_status(sample: Any, peak: int | None, elapsed_s: float) -> str:
 
 def _out() -> TextIO:
     return sys.stdout
+
+
+def show(obj: Any) -> None:
+    """Show an object: its rich HTML in a notebook, its ``str()`` elsewhere."""
+    if runtime.display_mode() == "notebook":
+        try:
+            from IPython.display import display
+        except ImportError:  # a notebook without IPython cannot happen; degrade to text
+            pass
+        else:
+            display(obj)
+            return
+    note(str(obj))
+
+
+def show_image(path: Any) -> None:
+    """Show a PNG in a notebook; elsewhere nothing (the file is on disk)."""
+    if runtime.display_mode() != "notebook":
+        return
+    try:
+        from IPython.display import Image, display
+    except ImportError:
+        return
+    display(Image(filename=str(path)))
 
 
 def note(text: str) -> None:

@@ -50,11 +50,22 @@ class Sample:
     attribution: str | None = None
 
     def __repr__(self) -> str:
-        gpus = ", ".join(
-            f"{display.format_bytes(u)}/{display.format_bytes(t)}"
-            for u, t in zip(self.used, self.total, strict=False)
-        )
-        return f"Sample(t={self.t:.2f}, gpu=[{gpus}], child_rss={display.format_bytes(self.child_rss_bytes)})"
+        fb = display.format_bytes
+        parts = [f"t={self.t:.2f}"]
+        if self.used or self.total:
+            gpus = ", ".join(f"{fb(u)}/{fb(t)}" for u, t in zip(self.used, self.total, strict=False))
+            parts.append(f"gpu=[{gpus}]")
+        if any(u is not None for u in self.util):
+            parts.append("util=[" + ", ".join(display.na(u, "%") for u in self.util) + "]")
+        if self.child_gpu_bytes is not None:
+            by = f" by {self.attribution}" if self.attribution else ""
+            parts.append(f"child_gpu={fb(self.child_gpu_bytes)}{by}")
+        if self.child_rss_bytes is not None:
+            parts.append(f"child_rss={fb(self.child_rss_bytes)}")
+        return f"Sample({', '.join(parts)})"
+
+    def _repr_html_(self) -> str:
+        return display.html_pre(repr(self))
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,18 @@ class DeviceStats:
             return None
         return self.total_bytes - self.peak_used_bytes
 
+    def __repr__(self) -> str:
+        fb = display.format_bytes
+        parts = [f"index={self.index}", f"peak={fb(self.peak_used_bytes)}/{fb(self.total_bytes)}"]
+        if self.mean_used_bytes is not None:
+            parts.append(f"mean={fb(self.mean_used_bytes)}")
+        if self.util_mean is not None:
+            parts.append(f"util mean {self.util_mean:.0f}% p95 {display.na(self.util_p95, '%')}")
+        return f"DeviceStats({', '.join(parts)})"
+
+    def _repr_html_(self) -> str:
+        return display.html_pre(repr(self))
+
 
 @dataclass(frozen=True)
 class Stats:
@@ -92,6 +115,7 @@ class Stats:
     child_peak_gpu_bytes: int | None = None
     attribution: str | None = None
     child_peak_rss_bytes: int | None = None
+    pid_bytes_hidden: bool = False  # NVML listed the child's pid but hid its bytes (containers)
 
     @property
     def _top(self) -> DeviceStats | None:
@@ -146,7 +170,12 @@ class Stats:
             p95 = "n/a" if self.util_p95 is None else f"{self.util_p95}%"
             parts.append(f"util mean {mean} p95 {p95}")
             if self.attribution is not None:
-                parts.append(f"child {fb(self.child_peak_gpu_bytes)} by {self.attribution}")
+                hidden = (
+                    " (NVML lists the child's pid but hides its bytes)"
+                    if self.pid_bytes_hidden and self.attribution != PID
+                    else ""
+                )
+                parts.append(f"child {fb(self.child_peak_gpu_bytes)} by {self.attribution}{hidden}")
         if self.child_peak_rss_bytes is not None:
             parts.append(f"RAM peak {fb(self.child_peak_rss_bytes)}")
         return ", ".join(parts)
@@ -172,10 +201,8 @@ class _NoGpu:
 
 
 def _default_source() -> Any:
-    try:
-        from . import gpu
-    except ImportError:
-        return _NoGpu()
+    from . import gpu
+
     try:
         return gpu.source()
     except Exception:  # NVML broken in a way the probe did not foresee: monitor without GPU
@@ -315,6 +342,7 @@ class Sampler:
         self._acc = [_Accumulator() for _ in range(self.gpu_count)]
         self._child_peak: dict[str, int] = {}
         self._rss_peak: int | None = None
+        self._pid_bytes_hidden = False
         self._n = 0
         self._tree: _Tree | None = None
         self._base_used: list[int | None] = []
@@ -328,6 +356,7 @@ class Sampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None  # what stopped the thread, if anything did
+        self.csv_error: OSError | None = None  # why metrics.csv stopped being written, if it did
         if pid is not None:
             self.watch(pid)
 
@@ -364,14 +393,18 @@ class Sampler:
         if self.gpu_count == 0:
             return None, None
         procs = [p for i in range(self.gpu_count) for p in self._processes(i)]
+        # NVML gives None for usedGpuMemory it may not show (containers, no permission): a pid that
+        # matches with no byte count proves nothing about how much the child holds
         if tree_pids:
             mine = [b for pid, b in procs if pid in tree_pids]
-            if mine:
-                return sum(b or 0 for b in mine), PID
+            if mine and all(b is None for b in mine):
+                self._pid_bytes_hidden = True
+            elif mine:
+                return sum(b for b in mine if b is not None), PID
         if self._tree is not None:
-            new = [b for pid, b in procs if pid not in self._base_pids]
+            new = [b for pid, b in procs if pid not in self._base_pids and b is not None]
             if new:
-                return sum(b or 0 for b in new), NEW_PIDS
+                return sum(new), NEW_PIDS
         if self._base_used and len(self._base_used) == len(used):
             deltas = [
                 u - b for u, b in zip(used, self._base_used, strict=False) if u is not None and b is not None
@@ -428,22 +461,35 @@ class Sampler:
         return cols + ["child_gpu_bytes", "child_rss_bytes", "attribution"]
 
     def _write_csv(self, s: Sample, now: float) -> None:
-        if self._csv_path is None:
+        if self._csv_path is None or self.csv_error is not None:
             return
-        if self._csv is None:
-            new = not self._csv_path.exists() or self._csv_path.stat().st_size == 0
-            self._csv_file = open(self._csv_path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - closed in stop()
-            self._csv = csv.writer(self._csv_file)
-            if new:
-                self._csv.writerow(self._header())
-        row: list[Any] = [f"{s.t:.3f}"]
-        for i in range(self.gpu_count):
-            row += [s.used[i], s.total[i], s.util[i], s.temp[i], s.power_w[i]]
-        row += [s.child_gpu_bytes, s.child_rss_bytes, s.attribution]
-        self._csv.writerow(["" if v is None else v for v in row])
-        if now - self._csv_flushed >= CSV_FLUSH_S:
-            self._csv_file.flush()
-            self._csv_flushed = now
+        try:
+            if self._csv is None:
+                new = not self._csv_path.exists() or self._csv_path.stat().st_size == 0
+                self._csv_file = open(self._csv_path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+                self._csv = csv.writer(self._csv_file)
+                if new:
+                    self._csv.writerow(self._header())
+            row: list[Any] = [f"{s.t:.3f}"]
+            for i in range(self.gpu_count):
+                row += [s.used[i], s.total[i], s.util[i], s.temp[i], s.power_w[i]]
+            row += [s.child_gpu_bytes, s.child_rss_bytes, s.attribution]
+            self._csv.writerow(["" if v is None else v for v in row])
+            if now - self._csv_flushed >= CSV_FLUSH_S:
+                self._csv_file.flush()
+                self._csv_flushed = now
+        except OSError as exc:  # the folder went away (Drive disconnected): keep sampling in memory
+            self.csv_error = exc
+            self._close_csv()
+
+    def _close_csv(self) -> None:
+        fh, self._csv_file, self._csv = self._csv_file, None, None
+        if fh is not None:
+            try:
+                fh.close()
+            except OSError as exc:
+                if self.csv_error is None:
+                    self.csv_error = exc
 
     # -- thread -------------------------------------------------------------------------------------
     def start(self) -> Sampler:
@@ -477,10 +523,7 @@ class Sampler:
             thread.join()
             if self.error is None:
                 self.sample_once()
-        if self._csv_file is not None:
-            self._csv_file.close()
-            self._csv_file = None
-            self._csv = None
+        self._close_csv()
         return self.stats()
 
     @property
@@ -516,6 +559,7 @@ class Sampler:
                 child_peak_gpu_bytes=self._child_peak.get(method) if method else None,
                 attribution=method,
                 child_peak_rss_bytes=self._rss_peak,
+                pid_bytes_hidden=self._pid_bytes_hidden,
             )
 
 
@@ -596,6 +640,44 @@ def monitor(
         yield handle
     finally:
         handle.stop()
+
+
+# -- gpu.png -----------------------------------------------------------------------------------------
+def _nan(value: int | float | None, scale: float) -> float:
+    return float("nan") if value is None else value / scale
+
+
+def draw(samples: tuple[Sample, ...], out: Path, title: str) -> None:
+    """Draw GPU memory (and the child's) and utilisation over time to the PNG ``out``.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 5))
+    mem, util = fig.subplots(2, 1, sharex=True)
+    ts = [s.t for s in samples]
+    gib = 1024**3
+    count = max((len(s.used) for s in samples), default=0)
+    for i in range(count):
+        mem.plot(ts, [_nan(s.used[i], gib) for s in samples], label=f"GPU{i} used")
+        util.plot(ts, [_nan(s.util[i], 1) for s in samples], label=f"GPU{i}")
+        totals = [s.total[i] for s in samples if s.total[i] is not None]
+        if totals:
+            mem.axhline(totals[-1] / gib, linestyle="--", linewidth=0.8, color="grey")
+    if any(s.child_gpu_bytes is not None for s in samples):
+        mem.plot(ts, [_nan(s.child_gpu_bytes, gib) for s in samples], label="child (GPU)")
+    if any(s.child_rss_bytes is not None for s in samples):
+        mem.plot(ts, [_nan(s.child_rss_bytes, gib) for s in samples], label="child RAM", linestyle=":")
+    mem.set_ylabel("GiB")
+    mem.set_title(title)
+    mem.legend(loc="upper left", fontsize="small")
+    util.set_ylabel("GPU util %")
+    util.set_ylim(0, 105)
+    util.set_xlabel("seconds")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
 
 
 # -- colabkit watch --------------------------------------------------------------------------------

@@ -10,7 +10,15 @@ __all__ = ["advice", "detect", "message", "tried_bytes"]
 
 # (framework, pattern) in the wording each framework prints
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("pytorch", re.compile(r"CUDA out of memory|torch\.(?:cuda\.)?OutOfMemoryError")),
+    (
+        "pytorch",
+        # the caching allocator's message; a raw CUDA/cuBLAS/cuDNN allocation failure as PyTorch words it
+        re.compile(
+            r"CUDA out of memory|torch\.(?:cuda\.)?OutOfMemoryError|CUDA error: out of memory"
+            r"|CUDA error: CUBLAS_STATUS_ALLOC_FAILED"
+            r"|cuDNN error: CUDNN_STATUS_(?:NOT_ENOUGH_WORKSPACE|ALLOC_FAILED)"
+        ),
+    ),
     (
         "tensorflow",
         re.compile(r"ResourceExhaustedError[\s\S]{0,2000}?OOM when allocating|OOM when allocating tensor"),

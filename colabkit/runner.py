@@ -4,7 +4,9 @@ The child runs in its own process group through ``python -m colabkit._child`` (w
 ``python SCRIPT``). Two reader threads put its stdout and stderr on one queue; the calling thread (a
 notebook cell's own thread, which is the only one Colab renders from) writes the log, draws the
 throttled output and the status line, and on Stop, timeout or KeyboardInterrupt ends the whole group:
-SIGINT, then SIGTERM, then SIGKILL, until no process of the group is left. A ``budget`` ends it the
+SIGINT, then SIGTERM, then SIGKILL, until no process of the group is left (nor any descendant that
+left the group with ``setsid``). Any error inside ``run()`` ends the group the same way before it is
+raised. A ``budget`` ends it the
 other way round: SIGTERM a grace period before the budget ends (the script's cue to save), SIGKILL
 when it ends. ``resume=True`` hands the latest checkpoint to the script.
 """
@@ -17,24 +19,19 @@ import datetime as _dt
 import json
 import os
 import queue
-import re
-import shlex
 import signal
 import socket
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _stale, display, oom, runtime
-from ._stale import boot_id as _boot_id
-from ._stale import group_members as _group_members
-from ._stale import signal_group as _signal_group
-from .errors import ColabkitError, ColabkitWarning, CudaOutOfMemory, RunFailed, ScriptNotFound
+from . import _budget, _stale, display, monitoring, oom, runtime
+from ._budget import fmt as _fmt
+from .errors import ColabkitError, CudaOutOfMemory, RunFailed, ScriptNotFound
 from .monitoring import MIN_INTERVAL, Sample, Sampler, Stats
 
 __all__ = ["RunResult", "run"]
@@ -46,8 +43,6 @@ KILL_WAIT_S = 5.0  # after SIGKILL, how long to wait for the kernel to reap the 
 PIPE_GRACE_S = 1.0  # after the child exits, how long its leftovers may keep the pipes open
 LOG_FLUSH_S = 1.0  # a disconnect loses at most this much of output.log
 STDERR_TAIL = 20
-GRACE_MAX_S = 60.0  # default grace: 60 s before the budget ends, or a tenth of a budget under 10 min
-GRACE_FRACTION = 0.1
 _DRAIN_MAX = 256  # queue items handled between two screen checks
 
 # Called by the run loop on every turn with the live _Run (tests raise KeyboardInterrupt from it).
@@ -63,6 +58,8 @@ class RunResult:
     that saves on SIGTERM and exits 0 is ``"finished"`` with ``reason="budget"``. ``framework_peak_bytes`` is the
     child's own ``torch.cuda.max_memory_allocated()`` on its busiest GPU (``None`` without torch/CUDA).
     ``attribution`` says how ``stats.child_peak_gpu_bytes`` was found: ``"pid"``, ``"new-pids"`` or ``"baseline"``.
+    ``args`` are the script's arguments as recorded, with secret-looking values (``--api-key``,
+    ``--token=``) shown as ``***``; the script itself got the real ones.
 
     Examples:
         >>> r = colabkit.run("train.py", "--epochs", "1")
@@ -210,51 +207,16 @@ class RunResult:
             ImportError: matplotlib is not installed (``pip install matplotlib``).
         """
         try:
-            from matplotlib.figure import Figure
+            import matplotlib.figure  # noqa: F401 - only to say how to install it
         except ImportError:
             raise ImportError(
                 "RunResult.plot() needs matplotlib, which is not installed: run `pip install matplotlib` "
                 "(or `pip install colabkit-gpu[plot]`)"
             ) from None
         out = Path(path) if path is not None else self.log_dir / "gpu.png"
-        fig = Figure(figsize=(9, 5))
-        mem, util = fig.subplots(2, 1, sharex=True)
-        ts = [s.t for s in self.samples]
-        gib = 1024**3
-        count = max((len(s.used) for s in self.samples), default=0)
-        for i in range(count):
-            mem.plot(ts, [_nan(s.used[i], gib) for s in self.samples], label=f"GPU{i} used")
-            util.plot(ts, [_nan(s.util[i], 1) for s in self.samples], label=f"GPU{i}")
-            totals = [s.total[i] for s in self.samples if s.total[i] is not None]
-            if totals:
-                mem.axhline(totals[-1] / gib, linestyle="--", linewidth=0.8, color="grey")
-        if any(s.child_gpu_bytes is not None for s in self.samples):
-            mem.plot(ts, [_nan(s.child_gpu_bytes, gib) for s in self.samples], label="child (GPU)")
-        if any(s.child_rss_bytes is not None for s in self.samples):
-            mem.plot(
-                ts, [_nan(s.child_rss_bytes, gib) for s in self.samples], label="child RAM", linestyle=":"
-            )
-        mem.set_ylabel("GiB")
-        mem.set_title(f"{self.script}: {self.status}")
-        mem.legend(loc="upper left", fontsize="small")
-        util.set_ylabel("GPU util %")
-        util.set_ylim(0, 105)
-        util.set_xlabel("seconds")
-        fig.tight_layout()
-        fig.savefig(out, dpi=100)
-        if runtime.display_mode() == "notebook":
-            try:
-                from IPython.display import Image
-                from IPython.display import display as ipy_display
-
-                ipy_display(Image(filename=str(out)))
-            except ImportError:
-                pass
+        monitoring.draw(self.samples, out, f"{self.script}: {self.status}")
+        display.show_image(out)
         return out
-
-
-def _nan(value: int | float | None, scale: float) -> float:
-    return float("nan") if value is None else value / scale
 
 
 def _describe_returncode(rc: int | None) -> str:
@@ -266,98 +228,6 @@ def _describe_returncode(rc: int | None) -> str:
         except ValueError:
             return f"signal {-rc}"
     return f"exit status {rc}"
-
-
-# -- budget and resume ----------------------------------------------------------------------------
-_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s)?")
-_DURATION_FORMS = '"2h", "90m", "45s", "1h30m", or a number of seconds'
-
-
-def _parse_duration(value: str | float, name: str = "budget") -> float:
-    """Seconds from ``"2h"``, ``"90m"``, ``"45s"``, ``"1h30m"``, ``"1h30m15s"``, ``"5400"`` or a number.
-
-    Raises:
-        ValueError: the text is none of those forms, or the duration is not positive.
-    """
-    seconds: float | None = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip().lower().replace(" ", "")
-        try:
-            seconds = float(text)
-        except ValueError:
-            m = _DURATION.fullmatch(text)
-            if m and text and any(m.groups()):
-                h, mi, sec = (float(g) if g else 0.0 for g in m.groups())
-                seconds = h * 3600 + mi * 60 + sec
-    if seconds is None or seconds != seconds or seconds in (float("inf"), float("-inf")):
-        raise ValueError(f"{name}={value!r} is not a duration: use {_DURATION_FORMS}")
-    if seconds <= 0:
-        raise ValueError(f"{name}={value!r} must be more than 0 seconds: use {_DURATION_FORMS}")
-    return seconds
-
-
-def _fmt(seconds: float | None) -> str:
-    """Seconds the way a budget is written: ``7200`` → ``2h``, ``5400`` → ``1h30m``, ``1.5`` → ``1.5s``."""
-    if seconds is None:
-        return "n/a"
-    whole = int(seconds)
-    if whole != seconds or seconds < 60:
-        return f"{seconds:g}s"
-    h, rest = divmod(whole, 3600)
-    m, sec = divmod(rest, 60)
-    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (sec, "s")) if v) or "0s"
-
-
-@dataclass(frozen=True)
-class _Budget:
-    """When the child gets SIGTERM and SIGKILL, in seconds after its start."""
-
-    budget: float
-    grace: float
-    kill_at: float  # the budget's end, or the Colab VM's limit if that comes first
-    term_at: float
-
-
-def _plan_budget(
-    budget: str | float | None, grace: str | float | None, rt: runtime.Runtime
-) -> _Budget | None:
-    if budget is None:
-        if grace is not None:
-            raise ValueError(
-                f"grace={grace!r} needs a budget: pass budget= too, e.g. budget='2h', grace='5m'"
-            )
-        return None
-    total = _parse_duration(budget, "budget")
-    if grace is None:
-        pause = min(GRACE_MAX_S, GRACE_FRACTION * total)
-    elif isinstance(grace, (int, float)) and not isinstance(grace, bool) and grace == 0:
-        pause = 0.0
-    else:
-        pause = _parse_duration(grace, "grace")
-    if pause >= total:
-        raise ValueError(
-            f"grace={grace!r} is not shorter than budget={budget!r}: pass a grace of a few minutes at most"
-        )
-    kill_at = total
-    left = rt.time_left_s
-    if left is not None and left > 0 and left < total:
-        # the VM ends first; a run past ~12 h dies with the VM, with no chance to save
-        kill_at = left
-        warnings.warn(
-            f"budget={budget!r} goes past the Colab VM's ~{runtime.format_duration(rt.vm_limit_s or 0)} limit: "
-            f"the VM has about {runtime.format_duration(left)} left, so colabkit sends SIGTERM "
-            f"{_fmt(pause)} before that instead. Save checkpoints to Drive and re-run with resume=True "
-            "on a fresh runtime.",
-            ColabkitWarning,
-            stacklevel=4,
-        )
-    return _Budget(budget=total, grace=pause, kill_at=kill_at, term_at=max(0.0, kill_at - pause))
-
-
-def _resume_tokens(template: str, path: Path) -> list[str]:
-    return [token.replace("{path}", str(path)) for token in shlex.split(template)]
 
 
 # -- the run folder ---------------------------------------------------------------------------------
@@ -372,14 +242,9 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def _project_dir() -> Path | None:
-    try:
-        from . import projects
-    except ImportError:
-        return None
-    try:
-        current = projects.current()
-    except Exception:
-        return None
+    from . import projects
+
+    current = projects.current()
     return Path(current.path) if current is not None else None
 
 
@@ -425,16 +290,38 @@ def _reader(stream: Any, name: str, q: queue.Queue[tuple[str, str | None]]) -> N
         q.put((name, None))
 
 
+def _drive_lost(what: str, exc: OSError, goes_on: str) -> None:
+    display.note(
+        f"colabkit: cannot write {what} on Drive any more: {exc}; {goes_on} continues here, "
+        "remount with colabkit.mount(force=True)"
+    )
+
+
 class _Log:
     """output.log: everything the child wrote, each stream's unfinished line held back until it ends.
 
     Two pipes cannot keep the child's exact interleaving; holding back a stream's text after its
     last newline or carriage return keeps a stdout line from landing inside a stderr progress bar.
+    A write that fails (Drive disconnected: ENOTCONN) is said once; the run goes on without the log.
     """
 
     def __init__(self, path: Path) -> None:
-        self._fh = open(path, "w", encoding="utf-8", errors="replace", newline="")  # noqa: SIM115 - closed in close()
+        self._fh: Any = open(path, "w", encoding="utf-8", errors="replace", newline="")  # noqa: SIM115 - closed in close()
         self._held: dict[str, str] = {}
+        self.error: OSError | None = None
+
+    def _call(self, method: str, *args: str) -> None:
+        if self._fh is None:
+            return
+        try:
+            getattr(self._fh, method)(*args)
+        except OSError as exc:
+            self.error, fh, self._fh = exc, self._fh, None
+            try:
+                fh.close()
+            except OSError:
+                pass
+            _drive_lost("the log", exc, "output")
 
     def write(self, text: str, stream: str = "stdout") -> None:
         text = self._held.pop(stream, "") + text
@@ -442,24 +329,25 @@ class _Log:
         if len(text) - cut > 65536:  # a very long line without an end: do not hold it forever
             cut = len(text)
         if cut:
-            self._fh.write(text[:cut])
+            self._call("write", text[:cut])
         if cut < len(text):
             self._held[stream] = text[cut:]
 
     def flush(self) -> None:
-        self._fh.flush()
+        self._call("flush")
 
     def close(self, trailer: str = "") -> None:
         for held in self._held.values():
-            self._fh.write(held)
+            self._call("write", held)
         self._held.clear()
         if trailer:
-            self._fh.write(trailer)
-        self._fh.close()
+            self._call("write", trailer)
+        self._call("close")
+        self._fh = None
 
 
 class _Run:
-    """One run's live state; the loop runs on the caller's thread."""
+    """One run's live state and the handles to end it; the loop runs on the caller's thread."""
 
     def __init__(
         self,
@@ -467,10 +355,10 @@ class _Run:
         args: tuple[str, ...],
         run_dir: Path,
         timeout: float | None,
-        budget: _Budget | None = None,
+        budget: _budget.Budget | None = None,
     ) -> None:
         self.script = script
-        self.args = args
+        self.args = args  # as shown: secrets redacted
         self.run_dir = run_dir
         self.timeout = timeout
         self.budget = budget
@@ -478,10 +366,20 @@ class _Run:
         self.user_interrupt = False
         self.proc: Any = None
         self.pid: int | None = None
+        self.tree: _stale.Tree | None = None
         self.seen = ""  # the last few KB of output, for hooks and tests
         self.reason: str | None = None
         self.stderr_lines: collections.deque[str] = collections.deque(maxlen=200)
         self._stderr_partial = ""
+        self.summary: dict[str, Any] = {}
+        self.log: _Log | None = None
+        self.sampler: Sampler | None = None
+        self.readers: list[threading.Thread] = []
+        self.queue: queue.Queue[tuple[str, str | None]] = queue.Queue()
+        self.view: display.OutputView | None = None
+        self.status: display.StatusLine | None = None
+        self.started = 0.0  # time.monotonic() at the start
+        self.csv_noted = False
 
     def note_stderr(self, text: str) -> None:
         pieces = (self._stderr_partial + text).split("\n")
@@ -494,6 +392,19 @@ class _Run:
         if self._stderr_partial.strip():
             lines.append(self._stderr_partial.rsplit("\r", 1)[-1])
         return tuple(lines)
+
+    def take(self, name: str, text: str) -> None:
+        """One piece of the child's output: to the log, the screen and the stderr tail."""
+        assert self.log is not None and self.view is not None
+        self.log.write(text, name)
+        self.view.feed(text, name)
+        self.seen = (self.seen + text)[-4096:]
+        if name == "stderr":
+            self.note_stderr(text)
+
+    def write_summary(self, **changes: Any) -> None:
+        self.summary.update(changes)
+        _write_json(self.run_dir / "summary.json", self.summary)
 
 
 def run(
@@ -607,11 +518,8 @@ def run(
 
 
 def _release(*, quiet_errors: bool) -> None:
-    try:
-        from . import session
-    except ImportError:
-        display.note("colabkit: release=True, but this colabkit has no session module: nothing to release")
-        return
+    from . import session
+
     try:
         session.release()
     except Exception as exc:
@@ -663,14 +571,13 @@ def _run(
             "e.g. run(..., resume=True, resume_arg='--resume {path}')"
         )
     rt = runtime.detect()
-    plan = _plan_budget(budget, grace, rt)
+    plan = _budget.plan(budget, grace, rt)
     if monitor and (not interval or interval < MIN_INTERVAL):
         raise ValueError(f"interval={interval!r} is too short: use at least {MIN_INTERVAL} seconds")
     project = _project_dir()
-    base = Path(cwd).resolve() if cwd is not None else (project or Path.cwd())
-    workdir = base
+    workdir = Path(cwd).resolve() if cwd is not None else (project or Path.cwd())
     script_path = _resolve_script(script, workdir)
-    root = Path(log_dir) if Path(log_dir).is_absolute() else (project or base) / log_dir
+    root = Path(log_dir) if Path(log_dir).is_absolute() else (project or workdir) / log_dir
     _stale.report(root, kill=kill_stale)
     if rt.time_left_s is not None:
         display.note(
@@ -688,9 +595,8 @@ def _run(
         else:
             display.note(f"colabkit: resuming from {resumed_from}")
             if resume_arg is not None:
-                args = (*args, *_resume_tokens(resume_arg, resumed_from))
+                args = (*args, *_budget.resume_tokens(resume_arg, resumed_from))
     run_dir = _new_run_dir(root, script_path.stem)
-    log_path = run_dir / "output.log"
     report_path = run_dir / ".framework.json"
 
     sampler = Sampler(interval=interval, csv_path=run_dir / "metrics.csv") if monitor else None
@@ -717,19 +623,22 @@ def _run(
 
     import psutil
 
-    state = _Run(str(script), args, run_dir, timeout, plan)
-    summary: dict[str, Any] = {
+    state = _Run(str(script), tuple(_stale.redact(args)), run_dir, timeout, plan)
+    state.sampler = sampler
+    state.summary = {
         "schema": SCHEMA,
         "status": "running",
         "script": str(script),
-        "args": list(args),
+        "args": list(state.args),
         "started": None,
         "ended": None,
         "duration_s": None,
         "returncode": None,
         "pid": None,
         "pid_create_time": None,
-        "boot_id": _boot_id(),
+        "launcher_pid": os.getpid(),
+        "launcher_create_time": psutil.Process().create_time(),
+        "boot_id": runtime.boot_id(),
         "hostname": socket.gethostname(),
         "peak_gpu_bytes": None,
         "gpu_total_bytes": None,
@@ -740,9 +649,9 @@ def _run(
         "resumed_from": str(resumed_from) if resumed_from is not None else None,
         "budget_s": plan.budget if plan is not None else None,
     }
-    log = _Log(log_path)
+    state.log = _Log(run_dir / "output.log")
     started_wall = time.time()
-    started = time.monotonic()
+    state.started = time.monotonic()
     try:
         proc = subprocess.Popen(
             cmd,
@@ -754,84 +663,69 @@ def _run(
             start_new_session=True,
         )
     except OSError as exc:
-        log.close()
+        state.log.close()
         raise ColabkitError(
             f"could not start {cmd[0]!r}: {exc.strerror or exc}",
             "Pass python=None to use this kernel's interpreter, or the full path of an existing one",
         ) from exc
-    state.proc = proc
-    state.pid = proc.pid
+    # from here on the child runs: whatever goes wrong, end its group before raising (it may hold the GPU)
     try:
-        create_time = psutil.Process(proc.pid).create_time()
-    except psutil.Error:
-        create_time = None
-    summary.update(started=_iso(started_wall), pid=proc.pid, pid_create_time=create_time)
-    _write_json(run_dir / "summary.json", summary)
-    if sampler is not None:
-        sampler.watch(proc.pid)
-        sampler.start()
+        state.proc, state.pid, state.tree = proc, proc.pid, _stale.Tree(proc.pid)
+        try:
+            create_time = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            create_time = None
+        state.write_summary(started=_iso(started_wall), pid=proc.pid, pid_create_time=create_time)
+        if sampler is not None:
+            sampler.watch(proc.pid)
+            sampler.start()
+        state.readers = [
+            threading.Thread(
+                target=_reader, args=(stream, name, state.queue), name=f"colabkit-reader-{name}", daemon=True
+            )
+            for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))
+        ]
+        for t in state.readers:
+            t.start()
+        state.view = display.OutputView()
+        state.status = display.StatusLine(state.view.mode)
+        _pump(state)
+        result = _finish(state, report_path, resumed_from)
+    except BaseException as exc:
+        _abort(state, exc)
+        raise
+    if state.reason == "interrupt" or state.user_interrupt:
+        raise KeyboardInterrupt
+    return result
 
-    q: queue.Queue[tuple[str, str | None]] = queue.Queue()
-    readers = [
-        threading.Thread(
-            target=_reader, args=(proc.stdout, "stdout", q), name="colabkit-reader-stdout", daemon=True
-        ),
-        threading.Thread(
-            target=_reader, args=(proc.stderr, "stderr", q), name="colabkit-reader-stderr", daemon=True
-        ),
-    ]
-    for t in readers:
-        t.start()
 
-    view = display.OutputView()
-    status = display.StatusLine(view.mode)
-    interrupted_by_user = False
-    try:
-        _pump(state, proc, q, log, view, status, sampler, started)
-    except KeyboardInterrupt:  # pragma: no cover - _pump handles it; a second one lands here
-        interrupted_by_user = True
-    interrupted_by_user = interrupted_by_user or state.reason == "interrupt" or state.user_interrupt
-    for t in readers:
+def _finish(state: _Run, report_path: Path, resumed_from: Path | None) -> RunResult:
+    """After the child and its group are gone: collect the output, the stats, and write the summary."""
+    proc, sampler, log, view = state.proc, state.sampler, state.log, state.view
+    assert log is not None and view is not None and state.status is not None
+    for t in state.readers:
         t.join(timeout=KILL_WAIT_S)
     # a reader can only outlive the join if something outside the group holds the pipe
     while True:
         try:
-            name, text = q.get_nowait()
+            name, text = state.queue.get_nowait()
         except queue.Empty:
             break
         if text:
-            log.write(text, name)
-            view.feed(text, name)
-            if name == "stderr":
-                state.note_stderr(text)
+            state.take(name, text)
     for stream in (proc.stdout, proc.stderr):
         try:
             stream.close()
         except OSError:
             pass
     ended_wall = time.time()
-    duration = time.monotonic() - started
+    duration = time.monotonic() - state.started
     rc = proc.returncode
     stats = sampler.stop() if sampler is not None else None
     if sampler is not None and sampler.error is not None:
         display.note(f"colabkit: the GPU monitor stopped early: {sampler.error!r}")
     samples = sampler.samples if sampler is not None else ()
-
-    framework_peak = framework_reserved = None
-    if report_path.exists():
-        try:
-            report = json.loads(report_path.read_text(encoding="utf-8"))
-            devices = report.get("devices") or []
-            if devices:
-                busiest = max(devices, key=lambda d: d.get("max_memory_allocated") or 0)
-                framework_peak = int(busiest["max_memory_allocated"])
-                framework_reserved = int(busiest["max_memory_reserved"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        try:
-            report_path.unlink()
-        except OSError:
-            pass
+    framework_peak, framework_reserved = _framework_report(report_path)
 
     trailer = ""
     if state.reason == "budget":
@@ -846,55 +740,130 @@ def _run(
     log.close(trailer)
     tail = state.stderr_tail()
     oom_framework = oom.detect("\n".join(tail)) if run_status == "failed" else None
+    plan = state.budget
     result = RunResult(
         returncode=rc,
         status=run_status,
         duration_s=duration,
-        log_dir=run_dir,
-        log_path=log_path,
+        log_dir=state.run_dir,
+        log_path=state.run_dir / "output.log",
         samples=samples,
         stats=stats,
         framework_peak_bytes=framework_peak,
         attribution=stats.attribution if stats else None,
-        script=str(script),
-        args=args,
+        script=state.script,
+        args=state.args,
         framework_reserved_bytes=framework_reserved,
         stderr_tail=tail[-STDERR_TAIL:],
         oom=oom_framework,
         oom_tried_bytes=oom.tried_bytes("\n".join(tail)) if oom_framework else None,
         reason=state.reason,
-        timeout=timeout,
+        timeout=state.timeout,
         budget=plan.budget if plan is not None else None,
         grace=plan.grace if plan is not None else None,
         stop_at=plan.kill_at if plan is not None else None,
         resumed_from=resumed_from,
     )
-    summary.update(
-        status=run_status,
-        ended=_iso(ended_wall),
-        duration_s=round(duration, 3),
-        returncode=rc,
-        peak_gpu_bytes=result.peak_gpu_bytes,
-        gpu_total_bytes=result.gpu_total_bytes,
-        framework_peak_bytes=framework_peak,
-        attribution=result.attribution,
-        reason=state.reason,
-    )
-    _write_json(run_dir / "summary.json", summary)
+    try:
+        state.write_summary(
+            status=run_status,
+            ended=_iso(ended_wall),
+            duration_s=round(duration, 3),
+            returncode=rc,
+            peak_gpu_bytes=result.peak_gpu_bytes,
+            gpu_total_bytes=result.gpu_total_bytes,
+            framework_peak_bytes=framework_peak,
+            attribution=result.attribution,
+            reason=state.reason,
+        )
+    except OSError as exc:  # Drive went away: the result is still here
+        _drive_lost("summary.json", exc, "the result")
     if samples and any(s.used for s in samples):
-        try:
-            result.plot()
+        try:  # saved for later, not shown: the notebook shows it when the user calls result.plot()
+            monitoring.draw(samples, state.run_dir / "gpu.png", f"{result.script}: {result.status}")
         except ImportError:
             pass
         except Exception as exc:  # a plot must never cost the run's result
             display.note(f"colabkit: could not draw gpu.png: {exc}")
     view.status = ""
     view.render(time.monotonic(), final=True)
-    status.close(_status_text(sampler, duration))
+    state.status.close(_status_text(sampler, duration))
     display.note(result.summary())
-    if interrupted_by_user:
-        raise KeyboardInterrupt
     return result
+
+
+def _framework_report(path: Path) -> tuple[int | None, int | None]:
+    """The child's torch peaks (allocated, reserved) on its busiest GPU, from ``.framework.json``."""
+    peak = reserved = None
+    if not path.exists():
+        return None, None
+    try:
+        devices = json.loads(path.read_text(encoding="utf-8")).get("devices") or []
+        if devices:
+            busiest = max(devices, key=lambda d: d.get("max_memory_allocated") or 0)
+            peak, reserved = int(busiest["max_memory_allocated"]), int(busiest["max_memory_reserved"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    return peak, reserved
+
+
+def _abort(state: _Run, exc: BaseException) -> None:
+    """After an error inside run(): end the child's processes, the sampler and readers, close the log, mark the summary.
+
+    Each step runs even if an earlier one fails; the caller re-raises ``exc``.
+    """
+    proc = state.proc
+    left: list[int] = []
+    if state.tree is not None:
+        try:
+            left = _stale.stop(
+                state.tree, int_grace=INT_GRACE_S, term_grace=TERM_GRACE_S, kill_wait=KILL_WAIT_S
+            )
+        except Exception as err:  # /proc unreadable: still try the last resort
+            display.note(f"colabkit: could not stop the run cleanly: {err!r}")
+            _stale.signal_group(proc.pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=KILL_WAIT_S)
+    except BaseException:  # a process that survives SIGKILL, or Stop pressed again: report below
+        pass
+    if state.sampler is not None:
+        try:
+            state.sampler.stop()
+        except Exception:
+            pass
+    for t in state.readers:
+        t.join(timeout=KILL_WAIT_S)
+    for stream in (proc.stdout, proc.stderr):
+        try:
+            stream.close()
+        except OSError:
+            pass
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    status = "interrupted" if interrupted else "failed"
+    why = "interrupt" if interrupted else f"{type(exc).__name__} in colabkit: {exc}"
+    if state.log is not None:
+        state.log.close(f"\n[colabkit] run {status} ({why}); the child's processes were ended\n")
+    try:
+        state.write_summary(
+            status=status,
+            ended=_iso(time.time()),
+            duration_s=round(time.monotonic() - state.started, 3),
+            returncode=proc.returncode,
+            reason="interrupt" if interrupted else state.reason,
+        )
+    except BaseException:  # Drive gone, or Stop pressed again: the error being raised says more
+        pass
+    if state.status is not None:
+        try:
+            state.status.close()
+        except Exception:
+            pass
+    if left:
+        display.note(f"colabkit: processes of the run survive SIGKILL: {left}")
 
 
 def _status_text(sampler: Sampler | None, elapsed: float, state: _Run | None = None) -> str:
@@ -911,27 +880,38 @@ def _status_text(sampler: Sampler | None, elapsed: float, state: _Run | None = N
     return text
 
 
-def _pump(
-    state: _Run,
-    proc: Any,
-    q: queue.Queue[tuple[str, str | None]],
-    log: Any,
-    view: display.OutputView,
-    status: display.StatusLine,
-    sampler: Sampler | None,
-    started: float,
-) -> None:
-    """Move output from the queue to the log and the screen until the child and its pipes are done."""
+def _say(state: _Run, message: str) -> None:
+    assert state.log is not None
+    state.log.write(f"\n[colabkit] {message}\n", "colabkit")
+    display.note(f"colabkit: {message}")
+
+
+def _pump(state: _Run) -> None:
+    """Move output from the queue to the log and the screen until the child and its pipes are done.
+
+    Ends the child's processes on timeout, budget or KeyboardInterrupt (SIGINT, SIGTERM, SIGKILL) and
+    the leftovers of a script that exited; returns once none is left.
+    """
+    proc, tree, sampler, view, status = state.proc, state.tree, state.sampler, state.view, state.status
+    assert tree is not None and view is not None and status is not None and state.log is not None
+    started = state.started
     eof = 0
     last_flush = started
     exited_at: float | None = None
     stopping: str | None = None  # None | "int" | "term" | "kill"
     deadline = 0.0
-    pgid = proc.pid
+
+    def begin(how: str, sig: int, until: float) -> None:
+        nonlocal stopping, deadline
+        if stopping is None:
+            tree.walk()  # a last look for descendants that left the group
+        stopping, deadline = how, until
+        tree.signal(sig)
+
     while True:
         try:
             try:
-                item: tuple[str, str | None] | None = q.get(timeout=0.05)
+                item: tuple[str, str | None] | None = state.queue.get(timeout=0.05)
             except queue.Empty:
                 item = None
             n = 0
@@ -940,96 +920,85 @@ def _pump(
                 if text is None:
                     eof += 1
                 else:
-                    log.write(text, name)
-                    view.feed(text, name)
-                    state.seen = (state.seen + text)[-4096:]
-                    if name == "stderr":
-                        state.note_stderr(text)
+                    state.take(name, text)
                 n += 1
                 if n >= _DRAIN_MAX:
                     break
                 try:
-                    item = q.get_nowait()
+                    item = state.queue.get_nowait()
                 except queue.Empty:
                     item = None
             now = time.monotonic()
             if _loop_hook is not None:
                 _loop_hook(state)
             if now - last_flush >= LOG_FLUSH_S:
-                log.flush()
+                state.log.flush()
                 last_flush = now
+            if sampler is not None and sampler.csv_error is not None and not state.csv_noted:
+                state.csv_noted = True
+                _drive_lost("metrics.csv", sampler.csv_error, "the monitor")
             if view.due(now):
                 text = _status_text(sampler, now - started, state)
                 view.status = text
                 if status.mode != "terminal":
                     status.update(text, now)
                 view.render(now)
-            if state.timeout is not None and stopping is None and now - started >= state.timeout:
-                state.reason = "timeout"
-                stopping, deadline = "int", now + INT_GRACE_S
-                _signal_group(pgid, signal.SIGINT)
             if proc.poll() is not None and exited_at is None:
                 exited_at = now
+            elif exited_at is None:
+                tree.walk(now)
+            if state.timeout is not None and stopping is None and now - started >= state.timeout:
+                state.reason = "timeout"
+                begin("int", signal.SIGINT, now + INT_GRACE_S)
             plan = state.budget
             if plan is not None and stopping is None and exited_at is None and now - started >= plan.term_at:
                 state.reason = "budget"
                 state.term_sent = now - started
-                stopping, deadline = "term", started + plan.kill_at
-                _signal_group(pgid, signal.SIGTERM)
-                message = (
+                begin("term", signal.SIGTERM, started + plan.kill_at)
+                _say(
+                    state,
                     f"budget of {_fmt(plan.budget)}: sent SIGTERM after {display.format_duration(now - started)}; "
-                    f"SIGKILL in {_fmt(round(plan.kill_at - (now - started), 1))} unless the script exits"
+                    f"SIGKILL in {_fmt(round(plan.kill_at - (now - started), 1))} unless the script exits",
                 )
-                log.write(f"\n[colabkit] {message}\n", "colabkit")
-                display.note(f"colabkit: {message}")
             if stopping is not None:
-                if not _group_members(pgid) and proc.poll() is not None:
+                if not tree.members() and proc.poll() is not None:
                     if eof >= 2 or now - (exited_at or now) >= PIPE_GRACE_S:
                         return
                 elif now >= deadline:
                     if stopping == "int":
-                        stopping, deadline = "term", now + TERM_GRACE_S
-                        _signal_group(pgid, signal.SIGTERM)
+                        begin("term", signal.SIGTERM, now + TERM_GRACE_S)
                     elif stopping == "term":
-                        stopping, deadline = "kill", now + KILL_WAIT_S
-                        _signal_group(pgid, signal.SIGKILL)
+                        begin("kill", signal.SIGKILL, now + KILL_WAIT_S)
                         if state.reason == "budget" and state.budget is not None:
-                            message = f"budget of {_fmt(state.budget.budget)} is over: sent SIGKILL"
-                            log.write(f"\n[colabkit] {message}\n", "colabkit")
-                            display.note(f"colabkit: {message}")
+                            _say(state, f"budget of {_fmt(state.budget.budget)} is over: sent SIGKILL")
                     else:
-                        display.note(
-                            f"colabkit: processes of group {pgid} survive SIGKILL: {_group_members(pgid)}"
-                        )
+                        display.note(f"colabkit: processes of the run survive SIGKILL: {tree.members()}")
                         return
                 continue
             if exited_at is not None:
-                leftovers = _group_members(pgid)
+                leftovers = tree.members()
                 if eof >= 2 and not leftovers:
                     return
                 if now - exited_at >= PIPE_GRACE_S and leftovers:
                     # the script is done but left processes behind (workers, a server): end them, they may hold the GPU
-                    log.write(
+                    state.log.write(
                         f"\n[colabkit] ending {len(leftovers)} leftover process(es) of the run: {leftovers}\n",
                         "colabkit",
                     )
-                    stopping, deadline = "term", now + TERM_GRACE_S
-                    _signal_group(pgid, signal.SIGTERM)
+                    begin("term", signal.SIGTERM, now + TERM_GRACE_S)
                 elif now - exited_at >= PIPE_GRACE_S + KILL_WAIT_S:
                     return  # the pipes are held outside the group; the readers are daemon threads
         except KeyboardInterrupt:
             now = time.monotonic()
             if stopping is None:
                 state.reason = "interrupt"
-                stopping, deadline = "int", now + INT_GRACE_S
-                _signal_group(pgid, signal.SIGINT)
+                begin("int", signal.SIGINT, now + INT_GRACE_S)
                 display.note("colabkit: interrupted; stopping the run (press Stop again to kill it at once)")
             else:
                 state.user_interrupt = True
                 if state.reason == "budget":
                     state.reason = "interrupt"
-                stopping, deadline = "kill", now + KILL_WAIT_S
-                _signal_group(pgid, signal.SIGKILL)
+                begin("kill", signal.SIGKILL, now + KILL_WAIT_S)
 
 
 # -- command line ------------------------------------------------------------------------------------

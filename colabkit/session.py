@@ -91,15 +91,7 @@ class Session:
 
 def _show(obj: Any) -> None:
     """Show a summary: rich HTML in a notebook, text elsewhere."""
-    if runtime.display_mode() == "notebook" and hasattr(obj, "_repr_html_"):
-        try:
-            from IPython.display import display as ipython_display
-
-            ipython_display(obj)
-            return
-        except ImportError:
-            pass
-    display.note(str(obj))
+    display.show(obj)
 
 
 def _check_gpu(mode: str | bool) -> GpuInfo | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import threading
 from types import SimpleNamespace
@@ -167,6 +168,41 @@ def test_attribution_by_device_used_minus_baseline():
     assert (stats.child_peak_gpu_bytes, stats.attribution) == (3 * GIB, "baseline")
 
 
+def test_a_matched_pid_whose_bytes_nvml_hides_falls_through_to_the_baseline():
+    me = os.getpid()
+    # containers without permission: NVML lists the child's pid with usedGpuMemory None
+    ticks = [[(reading(1), [])], [(reading(9), [(me, None)])]]
+    src, clock = ScriptedNvml(ticks), Clock()
+    sampler = Sampler(src, clock, pid=me)
+    sampler.capture_baseline()
+    (sample,) = drive(sampler, src, clock)
+    assert (sample.child_gpu_bytes, sample.attribution) == (8 * GIB, "baseline")
+    stats = sampler.stats()
+    assert (stats.child_peak_gpu_bytes, stats.attribution, stats.pid_bytes_hidden) == (
+        8 * GIB,
+        "baseline",
+        True,
+    )
+    assert "child 8.0 GiB by baseline (NVML lists the child's pid but hides its bytes)" in stats.describe()
+
+
+def test_hidden_bytes_of_new_pids_fall_through_and_known_bytes_still_count():
+    me = os.getpid()
+    ticks = [
+        [(reading(2), [(4242, 2 * GIB)])],
+        [(reading(9), [(4242, 2 * GIB), (77001, None)])],  # a new pid, bytes hidden: no evidence
+        [(reading(9), [(me, None), (me + 1, 3 * GIB)])],  # one of the tree's pids known: pid wins
+    ]
+    src, clock = ScriptedNvml(ticks), Clock()
+    sampler = Sampler(src, clock, pid=me)
+    sampler.capture_baseline()
+    sampler._tree.read = lambda: ({me, me + 1}, None)
+    hidden, known = drive(sampler, src, clock)
+    assert (hidden.child_gpu_bytes, hidden.attribution) == (7 * GIB, "baseline")
+    assert (known.child_gpu_bytes, known.attribution) == (3 * GIB, "pid")
+    assert "hides" not in sampler.stats().describe()  # pid attribution stands on known bytes
+
+
 def test_the_most_specific_method_seen_wins():
     me = os.getpid()
     ticks = [
@@ -259,6 +295,44 @@ def test_the_thread_samples_on_schedule_and_stops_at_once(tmp_path):
     assert not any(t.name == "colabkit-sampler" for t in threading.enumerate())
     assert stats.n_samples >= 4
     assert len((tmp_path / "m.csv").read_text().splitlines()) == stats.n_samples + 1
+
+
+def test_metrics_csv_that_cannot_be_written_any_more_does_not_stop_sampling():
+    # /dev/full fails every flush with ENOSPC, as a dead Drive mount fails with ENOTCONN
+    src, clock = ScriptedNvml([[(reading(1), [])], [(reading(2), [])], [(reading(3), [])]]), Clock()
+    sampler = Sampler(src, clock, csv_path="/dev/full")
+    samples = drive(sampler, src, clock)
+    assert isinstance(sampler.csv_error, OSError) and sampler.csv_error.errno == errno.ENOSPC
+    stats = sampler.stop()
+    assert len(samples) == 2 and stats.n_samples == 2 and stats.peak_used_bytes == 3 * GIB
+
+
+def test_reprs_are_short_and_html_is_escaped():
+    sample = monitoring.Sample(t=1.5, used=(2 * GIB,), total=(16 * GIB,), util=(None,))
+    assert repr(sample) == "Sample(t=1.50, gpu=[2.0 GiB/16.0 GiB])"
+    assert repr(monitoring.Sample(t=0.0)) == "Sample(t=0.00)"
+    full = monitoring.Sample(
+        t=2.0,
+        used=(GIB,),
+        total=(4 * GIB,),
+        util=(80,),
+        child_gpu_bytes=GIB,
+        child_rss_bytes=GIB,
+        attribution="pid",
+    )
+    assert (
+        repr(full)
+        == "Sample(t=2.00, gpu=[1.0 GiB/4.0 GiB], util=[80%], child_gpu=1.0 GiB by pid, child_rss=1.0 GiB)"
+    )
+    dev = monitoring.DeviceStats(0, 3 * GIB, None, 16 * GIB, None, None)
+    assert repr(dev) == "DeviceStats(index=0, peak=3.0 GiB/16.0 GiB)"
+    dev = monitoring.DeviceStats(1, 3 * GIB, 2 * GIB, 16 * GIB, 50.0, 90)
+    assert repr(dev) == "DeviceStats(index=1, peak=3.0 GiB/16.0 GiB, mean=2.0 GiB, util mean 50% p95 90%)"
+    stats = Stats(duration_s=1.0, n_samples=1, gpu_count=1, devices=(dev,), attribution="<b>")
+    for obj in (sample, dev, stats):
+        html = obj._repr_html_()
+        assert html.startswith("<pre>") and html.endswith("</pre>")
+    assert "&lt;b&gt;" in stats._repr_html_() and "<b>" not in stats._repr_html_()
 
 
 def test_monitor_context_manager_without_gpu_says_so(capsys):

@@ -24,6 +24,14 @@ TF = (
     "shape[32768,32768] and type float on /job:localhost/replica:0/task:0/device:GPU:0 by allocator GPU_0_bfc [Op:MatMul]"
 )
 TF_SPLIT = "ResourceExhaustedError: Graph execution error:\n\nDetected at node 'dense/MatMul'\nOOM when allocating tensor with shape[4096,4096]"
+TORCH_CUDA_ERROR = (
+    "RuntimeError: CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported at some other "
+    "API call, so the stacktrace below might be incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1.\n"
+    "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions."
+)
+TORCH_CUBLAS = "RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+TORCH_CUDNN_WORKSPACE = "RuntimeError: cuDNN error: CUDNN_STATUS_NOT_ENOUGH_WORKSPACE"
+TORCH_CUDNN_ALLOC = "RuntimeError: cuDNN error: CUDNN_STATUS_ALLOC_FAILED"
 JAX = "jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 34359738368 bytes."
 
 
@@ -33,6 +41,10 @@ JAX = "jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory w
         (TORCH_2, "pytorch"),
         (TORCH_1, "pytorch"),
         (TORCH_CUDA_CLASS, "pytorch"),
+        (TORCH_CUDA_ERROR, "pytorch"),
+        (TORCH_CUBLAS, "pytorch"),
+        (TORCH_CUDNN_WORKSPACE, "pytorch"),
+        (TORCH_CUDNN_ALLOC, "pytorch"),
         (TF, "tensorflow"),
         (TF_SPLIT, "tensorflow"),
         (JAX, "jax"),
@@ -46,6 +58,8 @@ def test_recognised(text, framework):
     "text",
     [
         "RuntimeError: CUDA error: device-side assert triggered",
+        "RuntimeError: CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasSgemm( handle, opa, opb, m, n, k, ...)`",
+        "RuntimeError: cuDNN error: CUDNN_STATUS_MAPPING_ERROR",
         "MemoryError",
         "RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate 8589934592 bytes.",
         "ResourceExhaustedError: quota exceeded for bucket",
@@ -58,6 +72,7 @@ def test_not_an_oom(text):
 
 def test_tried_allocation_is_parsed():
     assert oom.tried_bytes(TORCH_2) == 2 * 1024**3
+    assert oom.tried_bytes(TORCH_CUBLAS) is None  # a raw CUDA failure does not say the size
     assert oom.tried_bytes(TORCH_1) == 20 * 1024**2
     assert oom.tried_bytes(TF) is None
 

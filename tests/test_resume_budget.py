@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from colabkit import checkpoint, cli, runner, runtime
+from colabkit import _budget, _stale, checkpoint, cli, runner, runtime
 from colabkit.errors import ColabkitWarning, RunFailed
 from colabkit.runner import run
 
@@ -70,38 +70,38 @@ print(f"saved {path.name}", flush=True)
     ],
 )
 def test_budget_forms(text, seconds):
-    assert runner._parse_duration(text) == seconds
+    assert _budget.parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("bad", ["2 hours", "h", "", "1m2h", "-5m", "2d", "nan", True, None, [1]])
 def test_bad_budget_names_the_value_and_the_forms(bad):
     with pytest.raises(ValueError) as info:
-        runner._parse_duration(bad)
+        _budget.parse_duration(bad)
     assert str(info.value).startswith(f"budget={bad!r} ")
     assert str(info.value).endswith('use "2h", "90m", "45s", "1h30m", or a number of seconds')
 
 
 def test_zero_or_negative_budget_is_refused():
     with pytest.raises(ValueError, match=r"budget=0 must be more than 0 seconds"):
-        runner._parse_duration(0)
+        _budget.parse_duration(0)
     with pytest.raises(ValueError, match=r"grace='-1' must be more than 0 seconds"):
-        runner._parse_duration("-1", "grace")
+        _budget.parse_duration("-1", "grace")
 
 
 def test_grace_defaults_to_a_minute_or_a_tenth_and_is_checked():
     terminal = runtime.Runtime(kind="terminal")
-    plan = runner._plan_budget("2h", None, terminal)
+    plan = _budget.plan("2h", None, terminal)
     assert (plan.budget, plan.grace, plan.term_at, plan.kill_at) == (7200.0, 60.0, 7140.0, 7200.0)
-    assert runner._plan_budget("5m", None, terminal).grace == 30.0
-    assert runner._plan_budget(10, 0, terminal).term_at == 10.0
-    assert runner._plan_budget("1h", "5m", terminal).term_at == 3300.0
-    assert runner._plan_budget(None, None, terminal) is None
+    assert _budget.plan("5m", None, terminal).grace == 30.0
+    assert _budget.plan(10, 0, terminal).term_at == 10.0
+    assert _budget.plan("1h", "5m", terminal).term_at == 3300.0
+    assert _budget.plan(None, None, terminal) is None
     with pytest.raises(
         ValueError, match=r"grace=5 is not shorter than budget=5: pass a grace of a few minutes"
     ):
-        runner._plan_budget(5, 5, terminal)
+        _budget.plan(5, 5, terminal)
     with pytest.raises(ValueError, match=r"grace=10 needs a budget: pass budget= too"):
-        runner._plan_budget(None, 10, terminal)
+        _budget.plan(None, 10, terminal)
 
 
 def test_bad_arguments_are_refused_before_anything_starts(proj):
@@ -181,7 +181,7 @@ def test_a_script_ignoring_sigterm_is_killed_at_the_budget_with_its_whole_group(
     assert "[colabkit] run stopped (budget)" in log
     summary = json.loads((r.log_dir / "summary.json").read_text())
     assert (summary["status"], summary["reason"], summary["returncode"]) == ("stopped", "budget", -9)
-    assert runner._group_members(summary["pid"]) == []
+    assert _stale.group_members(summary["pid"]) == []
     assert not psutil.pid_exists(kid) or psutil.Process(kid).status() == psutil.STATUS_ZOMBIE
 
 
@@ -202,9 +202,7 @@ def test_a_script_done_before_its_budget_is_left_alone(proj):
 
 
 def test_the_status_line_shows_the_time_left():
-    state = runner._Run(
-        "t.py", (), Path("."), None, runner._plan_budget(60, 10, runtime.Runtime(kind="terminal"))
-    )
+    state = runner._Run("t.py", (), Path("."), None, _budget.plan(60, 10, runtime.Runtime(kind="terminal")))
     assert runner._status_text(None, 15.0, state) == "15.0s · 45.0s left"
     state.term_sent = 50.0
     assert runner._status_text(None, 52.0, state) == "52.0s · SIGTERM sent, SIGKILL in 8.0s"
