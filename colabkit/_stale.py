@@ -1,4 +1,4 @@
-"""Process groups of runs: signalling and stopping them, and finding what earlier runs left alive.
+"""Processes that earlier runs left alive: finding them, saying so, and ending them on request.
 
 A run's child leads its own process group; its ``summary.json`` records the child's pid and psutil
 create time, the launcher's (the process that called ``run()``) and the machine's boot id. Together
@@ -10,33 +10,17 @@ a run in progress elsewhere (another notebook, ``colabkit run`` in a terminal) a
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-import signal
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import _procs, display, runtime
+from ._group import KILL_WAIT_S, TERM_GRACE_S, group_members
 
-__all__ = [
-    "StaleProcess",
-    "Tree",
-    "end",
-    "find",
-    "group_members",
-    "protected_pids",
-    "redact",
-    "report",
-    "signal_group",
-    "stop",
-]
+__all__ = ["REDACTED", "StaleProcess", "end", "find", "protected_pids", "redact", "report"]
 
-TERM_GRACE_S = 5.0  # after SIGTERM, before SIGKILL
-KILL_WAIT_S = 5.0  # after SIGKILL, how long to wait for the kernel to reap
-WALK_S = 1.0  # how often a run's process tree is walked for descendants that left the group
 _SECRET_NAME = re.compile(r"token|key|secret|passw(or)?d", re.IGNORECASE)
 REDACTED = "***"
 
@@ -66,132 +50,6 @@ def redact(args: Iterable[str]) -> list[str]:
                 hide_next = True
         out.append(arg)
     return out
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is ``pgid``."""
-    members = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:  # not Linux: ask the kernel whether the group still exists
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return []
-        return [pgid]
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
-            members.append(int(entry))
-    return members
-
-
-def signal_group(pgid: int, sig: int) -> None:
-    """Send ``sig`` to a process group; a group that is gone (or not ours) is ignored."""
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _state(pid: int) -> str | None:
-    """The process's state letter from /proc (``"Z"`` for a zombie), ``None`` if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    return stat[stat.rfind(b")") + 2 :].split()[0].decode()
-
-
-class Tree:
-    """A run's process group, plus the descendants that left it (``os.setsid``) seen while they ran.
-
-    ``walk()`` records every descendant of the child with its create time; a process counts as ours
-    only while that pid still has that create time, so nothing outside the child's tree is touched.
-    """
-
-    def __init__(self, pgid: int) -> None:
-        self.pgid = pgid
-        self.descendants: dict[int, float] = {}  # pid -> psutil create time
-        self._next_walk = -math.inf
-
-    def walk(self, now: float | None = None) -> None:
-        """Record the child's descendants; with ``now``, only if ``WALK_S`` passed since the last walk."""
-        if now is not None:
-            if now < self._next_walk:
-                return
-            self._next_walk = now + WALK_S
-        import psutil
-
-        try:
-            kids = psutil.Process(self.pgid).children(recursive=True)
-        except psutil.Error:
-            return
-        for kid in kids:
-            try:
-                self.descendants.setdefault(kid.pid, kid.create_time())
-            except psutil.Error:
-                continue
-
-    def escaped(self) -> list[int]:
-        """Recorded descendants still running outside the group."""
-        pids = []
-        for pid, created in list(self.descendants.items()):
-            if not _procs.alive(pid, created) or _state(pid) in (None, "Z"):
-                del self.descendants[pid]
-                continue
-            try:
-                if os.getpgid(pid) == self.pgid:
-                    continue
-            except OSError:
-                continue
-            pids.append(pid)
-        return pids
-
-    def members(self) -> list[int]:
-        """Live processes of the group and escaped descendants."""
-        return group_members(self.pgid) + self.escaped()
-
-    def signal(self, sig: int) -> None:
-        """Send ``sig`` to the group and to every escaped descendant."""
-        signal_group(self.pgid, sig)
-        for pid in self.escaped():
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
-def stop(tree: Tree, *, int_grace: float, term_grace: float, kill_wait: float) -> list[int]:
-    """End a run's processes now: SIGINT, then SIGTERM, then SIGKILL, each until all are gone or its time is up.
-
-    A KeyboardInterrupt while waiting (Stop pressed again) skips to SIGKILL. Returns the processes
-    still alive afterwards (normally none).
-    """
-    tree.walk()
-    steps = [(signal.SIGINT, int_grace), (signal.SIGTERM, term_grace), (signal.SIGKILL, kill_wait)]
-    step = 0
-    while step < len(steps):
-        sig, wait = steps[step]
-        try:
-            if not tree.members():
-                return []
-            tree.signal(sig)
-            deadline = time.monotonic() + wait
-            while tree.members() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            step += 1
-        except KeyboardInterrupt:
-            step = len(steps) - 1
-    return tree.members()
 
 
 def protected_pids() -> set[int]:
@@ -297,18 +155,14 @@ def end(pids: list[int]) -> list[int]:
             procs.append(psutil.Process(pid))
         except psutil.Error:
             continue
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=TERM_GRACE_S)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(alive, timeout=KILL_WAIT_S)
+    alive = procs
+    for method, wait in (("terminate", TERM_GRACE_S), ("kill", KILL_WAIT_S)):
+        for proc in alive:
+            try:
+                getattr(proc, method)()
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(alive, timeout=wait)
     return [p.pid for p in alive]
 
 

@@ -1,35 +1,29 @@
 """``run()``: the training script as a child process with live output, a GPU monitor and a run folder.
 
 The child runs in its own process group through ``python -m colabkit._child`` (which behaves like
-``python SCRIPT``). Two reader threads put its stdout and stderr on one queue; the calling thread (a
-notebook cell's own thread, which is the only one Colab renders from) writes the log, draws the
-throttled output and the status line, and on Stop, timeout or KeyboardInterrupt ends the whole group:
-SIGINT, then SIGTERM, then SIGKILL, until no process of the group is left (nor any descendant that
-left the group with ``setsid``). Any error inside ``run()`` ends the group the same way before it is
-raised. A ``budget`` ends it the
-other way round: SIGTERM a grace period before the budget ends (the script's cue to save), SIGKILL
-when it ends. ``resume=True`` hands the latest checkpoint to the script.
+``python SCRIPT``). ``_stream.pump()`` moves its output to ``output.log`` and the screen on the calling
+thread and ends the group on Stop, timeout or KeyboardInterrupt (SIGINT, then SIGTERM, then SIGKILL,
+see ``_group``); any error inside ``run()`` ends the group the same way before it is raised. A
+``budget`` ends it the other way round: SIGTERM a grace period before the budget ends (the script's
+cue to save), SIGKILL when it ends. ``resume=True`` hands the latest checkpoint to the script. This
+module holds the run folder, ``summary.json`` and ``RunResult``.
 """
 
 from __future__ import annotations
 
-import codecs
-import collections
 import datetime as _dt
 import json
 import os
-import queue
 import signal
 import socket
 import sys
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _budget, _stale, display, monitoring, oom, runtime
+from . import _budget, _group, _stale, _stream, display, monitoring, oom, runtime
 from ._budget import fmt as _fmt
 from .errors import ColabkitError, CudaOutOfMemory, RunFailed, ScriptNotFound
 from .monitoring import MIN_INTERVAL, Sample, Sampler, Stats
@@ -37,16 +31,7 @@ from .monitoring import MIN_INTERVAL, Sample, Sampler, Stats
 __all__ = ["RunResult", "run"]
 
 SCHEMA = 1
-INT_GRACE_S = 10.0  # after SIGINT, time for the script to save and exit before SIGTERM
-TERM_GRACE_S = 5.0  # after SIGTERM, before SIGKILL
-KILL_WAIT_S = 5.0  # after SIGKILL, how long to wait for the kernel to reap the group
-PIPE_GRACE_S = 1.0  # after the child exits, how long its leftovers may keep the pipes open
-LOG_FLUSH_S = 1.0  # a disconnect loses at most this much of output.log
 STDERR_TAIL = 20
-_DRAIN_MAX = 256  # queue items handled between two screen checks
-
-# Called by the run loop on every turn with the live _Run (tests raise KeyboardInterrupt from it).
-_loop_hook: Callable[[Any], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -270,83 +255,7 @@ def _iso(ts: float | None) -> str | None:
 
 
 # -- the run ---------------------------------------------------------------------------------------
-def _reader(stream: Any, name: str, q: queue.Queue[tuple[str, str | None]]) -> None:
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    fd = stream.fileno()
-    try:
-        while True:
-            data = os.read(fd, 65536)
-            if not data:
-                break
-            text = decoder.decode(data)
-            if text:
-                q.put((name, text))
-        rest = decoder.decode(b"", final=True)
-        if rest:
-            q.put((name, rest))
-    except OSError:
-        pass
-    finally:
-        q.put((name, None))
-
-
-def _drive_lost(what: str, exc: OSError, goes_on: str) -> None:
-    display.note(
-        f"colabkit: cannot write {what} on Drive any more: {exc}; {goes_on} continues here, "
-        "remount with colabkit.mount(force=True)"
-    )
-
-
-class _Log:
-    """output.log: everything the child wrote, each stream's unfinished line held back until it ends.
-
-    Two pipes cannot keep the child's exact interleaving; holding back a stream's text after its
-    last newline or carriage return keeps a stdout line from landing inside a stderr progress bar.
-    A write that fails (Drive disconnected: ENOTCONN) is said once; the run goes on without the log.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._fh: Any = open(path, "w", encoding="utf-8", errors="replace", newline="")  # noqa: SIM115 - closed in close()
-        self._held: dict[str, str] = {}
-        self.error: OSError | None = None
-
-    def _call(self, method: str, *args: str) -> None:
-        if self._fh is None:
-            return
-        try:
-            getattr(self._fh, method)(*args)
-        except OSError as exc:
-            self.error, fh, self._fh = exc, self._fh, None
-            try:
-                fh.close()
-            except OSError:
-                pass
-            _drive_lost("the log", exc, "output")
-
-    def write(self, text: str, stream: str = "stdout") -> None:
-        text = self._held.pop(stream, "") + text
-        cut = max(text.rfind("\n"), text.rfind("\r")) + 1
-        if len(text) - cut > 65536:  # a very long line without an end: do not hold it forever
-            cut = len(text)
-        if cut:
-            self._call("write", text[:cut])
-        if cut < len(text):
-            self._held[stream] = text[cut:]
-
-    def flush(self) -> None:
-        self._call("flush")
-
-    def close(self, trailer: str = "") -> None:
-        for held in self._held.values():
-            self._call("write", held)
-        self._held.clear()
-        if trailer:
-            self._call("write", trailer)
-        self._call("close")
-        self._fh = None
-
-
-class _Run:
+class _Run(_stream.Output):
     """One run's live state and the handles to end it; the loop runs on the caller's thread."""
 
     def __init__(
@@ -357,6 +266,7 @@ class _Run:
         timeout: float | None,
         budget: _budget.Budget | None = None,
     ) -> None:
+        super().__init__()
         self.script = script
         self.args = args  # as shown: secrets redacted
         self.run_dir = run_dir
@@ -366,41 +276,11 @@ class _Run:
         self.user_interrupt = False
         self.proc: Any = None
         self.pid: int | None = None
-        self.tree: _stale.Tree | None = None
-        self.seen = ""  # the last few KB of output, for hooks and tests
+        self.tree: _group.Tree | None = None
         self.reason: str | None = None
-        self.stderr_lines: collections.deque[str] = collections.deque(maxlen=200)
-        self._stderr_partial = ""
         self.summary: dict[str, Any] = {}
-        self.log: _Log | None = None
         self.sampler: Sampler | None = None
-        self.readers: list[threading.Thread] = []
-        self.queue: queue.Queue[tuple[str, str | None]] = queue.Queue()
-        self.view: display.OutputView | None = None
-        self.status: display.StatusLine | None = None
         self.started = 0.0  # time.monotonic() at the start
-        self.csv_noted = False
-
-    def note_stderr(self, text: str) -> None:
-        pieces = (self._stderr_partial + text).split("\n")
-        self._stderr_partial = pieces.pop()[-4096:]
-        for line in pieces:
-            self.stderr_lines.append(line.rsplit("\r", 1)[-1] if line.rstrip("\r") else line)
-
-    def stderr_tail(self) -> tuple[str, ...]:
-        lines = list(self.stderr_lines)
-        if self._stderr_partial.strip():
-            lines.append(self._stderr_partial.rsplit("\r", 1)[-1])
-        return tuple(lines)
-
-    def take(self, name: str, text: str) -> None:
-        """One piece of the child's output: to the log, the screen and the stderr tail."""
-        assert self.log is not None and self.view is not None
-        self.log.write(text, name)
-        self.view.feed(text, name)
-        self.seen = (self.seen + text)[-4096:]
-        if name == "stderr":
-            self.note_stderr(text)
 
     def write_summary(self, **changes: Any) -> None:
         self.summary.update(changes)
@@ -649,7 +529,7 @@ def _run(
         "resumed_from": str(resumed_from) if resumed_from is not None else None,
         "budget_s": plan.budget if plan is not None else None,
     }
-    state.log = _Log(run_dir / "output.log")
+    state.log = _stream.Log(run_dir / "output.log")
     started_wall = time.time()
     state.started = time.monotonic()
     try:
@@ -670,7 +550,7 @@ def _run(
         ) from exc
     # from here on the child runs: whatever goes wrong, end its group before raising (it may hold the GPU)
     try:
-        state.proc, state.pid, state.tree = proc, proc.pid, _stale.Tree(proc.pid)
+        state.proc, state.pid, state.tree = proc, proc.pid, _group.Tree(proc.pid)
         try:
             create_time = psutil.Process(proc.pid).create_time()
         except psutil.Error:
@@ -679,17 +559,10 @@ def _run(
         if sampler is not None:
             sampler.watch(proc.pid)
             sampler.start()
-        state.readers = [
-            threading.Thread(
-                target=_reader, args=(stream, name, state.queue), name=f"colabkit-reader-{name}", daemon=True
-            )
-            for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))
-        ]
-        for t in state.readers:
-            t.start()
+        state.readers = _stream.start_readers(proc, state.queue)
         state.view = display.OutputView()
         state.status = display.StatusLine(state.view.mode)
-        _pump(state)
+        _stream.pump(state)
         result = _finish(state, report_path, resumed_from)
     except BaseException as exc:
         _abort(state, exc)
@@ -703,21 +576,9 @@ def _finish(state: _Run, report_path: Path, resumed_from: Path | None) -> RunRes
     """After the child and its group are gone: collect the output, the stats, and write the summary."""
     proc, sampler, log, view = state.proc, state.sampler, state.log, state.view
     assert log is not None and view is not None and state.status is not None
-    for t in state.readers:
-        t.join(timeout=KILL_WAIT_S)
-    # a reader can only outlive the join if something outside the group holds the pipe
-    while True:
-        try:
-            name, text = state.queue.get_nowait()
-        except queue.Empty:
-            break
-        if text:
-            state.take(name, text)
-    for stream in (proc.stdout, proc.stderr):
-        try:
-            stream.close()
-        except OSError:
-            pass
+    _stream.join_readers(state.readers)
+    _stream.drain(state)
+    _stream.close_pipes(proc)
     ended_wall = time.time()
     duration = time.monotonic() - state.started
     rc = proc.returncode
@@ -777,7 +638,7 @@ def _finish(state: _Run, report_path: Path, resumed_from: Path | None) -> RunRes
             reason=state.reason,
         )
     except OSError as exc:  # Drive went away: the result is still here
-        _drive_lost("summary.json", exc, "the result")
+        _stream.drive_lost("summary.json", exc, "the result")
     if samples and any(s.used for s in samples):
         try:  # saved for later, not shown: the notebook shows it when the user calls result.plot()
             monitoring.draw(samples, state.run_dir / "gpu.png", f"{result.script}: {result.status}")
@@ -787,7 +648,7 @@ def _finish(state: _Run, report_path: Path, resumed_from: Path | None) -> RunRes
             display.note(f"colabkit: could not draw gpu.png: {exc}")
     view.status = ""
     view.render(time.monotonic(), final=True)
-    state.status.close(_status_text(sampler, duration))
+    state.status.close(_stream.status_text(sampler, duration))
     display.note(result.summary())
     return result
 
@@ -817,31 +678,14 @@ def _abort(state: _Run, exc: BaseException) -> None:
     Each step runs even if an earlier one fails; the caller re-raises ``exc``.
     """
     proc = state.proc
-    left: list[int] = []
-    if state.tree is not None:
-        try:
-            left = _stale.stop(
-                state.tree, int_grace=INT_GRACE_S, term_grace=TERM_GRACE_S, kill_wait=KILL_WAIT_S
-            )
-        except Exception as err:  # /proc unreadable: still try the last resort
-            display.note(f"colabkit: could not stop the run cleanly: {err!r}")
-            _stale.signal_group(proc.pid, signal.SIGKILL)
-    try:
-        proc.wait(timeout=KILL_WAIT_S)
-    except BaseException:  # a process that survives SIGKILL, or Stop pressed again: report below
-        pass
+    left = _group.end_now(state.tree, proc)
     if state.sampler is not None:
         try:
             state.sampler.stop()
         except Exception:
             pass
-    for t in state.readers:
-        t.join(timeout=KILL_WAIT_S)
-    for stream in (proc.stdout, proc.stderr):
-        try:
-            stream.close()
-        except OSError:
-            pass
+    _stream.join_readers(state.readers)
+    _stream.close_pipes(proc)
     interrupted = isinstance(exc, KeyboardInterrupt)
     status = "interrupted" if interrupted else "failed"
     why = "interrupt" if interrupted else f"{type(exc).__name__} in colabkit: {exc}"
@@ -864,141 +708,6 @@ def _abort(state: _Run, exc: BaseException) -> None:
             pass
     if left:
         display.note(f"colabkit: processes of the run survive SIGKILL: {left}")
-
-
-def _status_text(sampler: Sampler | None, elapsed: float, state: _Run | None = None) -> str:
-    if sampler is None:
-        text = display.format_duration(elapsed)
-    else:
-        text = display.format_status(sampler.latest, sampler.peak_used(), elapsed)
-    plan = state.budget if state is not None else None
-    if plan is not None:
-        if state is not None and state.term_sent is not None:
-            text += f" · SIGTERM sent, SIGKILL in {display.format_duration(max(0.0, plan.kill_at - elapsed))}"
-        else:
-            text += f" · {display.format_duration(max(0.0, plan.kill_at - elapsed))} left"
-    return text
-
-
-def _say(state: _Run, message: str) -> None:
-    assert state.log is not None
-    state.log.write(f"\n[colabkit] {message}\n", "colabkit")
-    display.note(f"colabkit: {message}")
-
-
-def _pump(state: _Run) -> None:
-    """Move output from the queue to the log and the screen until the child and its pipes are done.
-
-    Ends the child's processes on timeout, budget or KeyboardInterrupt (SIGINT, SIGTERM, SIGKILL) and
-    the leftovers of a script that exited; returns once none is left.
-    """
-    proc, tree, sampler, view, status = state.proc, state.tree, state.sampler, state.view, state.status
-    assert tree is not None and view is not None and status is not None and state.log is not None
-    started = state.started
-    eof = 0
-    last_flush = started
-    exited_at: float | None = None
-    stopping: str | None = None  # None | "int" | "term" | "kill"
-    deadline = 0.0
-
-    def begin(how: str, sig: int, until: float) -> None:
-        nonlocal stopping, deadline
-        if stopping is None:
-            tree.walk()  # a last look for descendants that left the group
-        stopping, deadline = how, until
-        tree.signal(sig)
-
-    while True:
-        try:
-            try:
-                item: tuple[str, str | None] | None = state.queue.get(timeout=0.05)
-            except queue.Empty:
-                item = None
-            n = 0
-            while item is not None:
-                name, text = item
-                if text is None:
-                    eof += 1
-                else:
-                    state.take(name, text)
-                n += 1
-                if n >= _DRAIN_MAX:
-                    break
-                try:
-                    item = state.queue.get_nowait()
-                except queue.Empty:
-                    item = None
-            now = time.monotonic()
-            if _loop_hook is not None:
-                _loop_hook(state)
-            if now - last_flush >= LOG_FLUSH_S:
-                state.log.flush()
-                last_flush = now
-            if sampler is not None and sampler.csv_error is not None and not state.csv_noted:
-                state.csv_noted = True
-                _drive_lost("metrics.csv", sampler.csv_error, "the monitor")
-            if view.due(now):
-                text = _status_text(sampler, now - started, state)
-                view.status = text
-                if status.mode != "terminal":
-                    status.update(text, now)
-                view.render(now)
-            if proc.poll() is not None and exited_at is None:
-                exited_at = now
-            elif exited_at is None:
-                tree.walk(now)
-            if state.timeout is not None and stopping is None and now - started >= state.timeout:
-                state.reason = "timeout"
-                begin("int", signal.SIGINT, now + INT_GRACE_S)
-            plan = state.budget
-            if plan is not None and stopping is None and exited_at is None and now - started >= plan.term_at:
-                state.reason = "budget"
-                state.term_sent = now - started
-                begin("term", signal.SIGTERM, started + plan.kill_at)
-                _say(
-                    state,
-                    f"budget of {_fmt(plan.budget)}: sent SIGTERM after {display.format_duration(now - started)}; "
-                    f"SIGKILL in {_fmt(round(plan.kill_at - (now - started), 1))} unless the script exits",
-                )
-            if stopping is not None:
-                if not tree.members() and proc.poll() is not None:
-                    if eof >= 2 or now - (exited_at or now) >= PIPE_GRACE_S:
-                        return
-                elif now >= deadline:
-                    if stopping == "int":
-                        begin("term", signal.SIGTERM, now + TERM_GRACE_S)
-                    elif stopping == "term":
-                        begin("kill", signal.SIGKILL, now + KILL_WAIT_S)
-                        if state.reason == "budget" and state.budget is not None:
-                            _say(state, f"budget of {_fmt(state.budget.budget)} is over: sent SIGKILL")
-                    else:
-                        display.note(f"colabkit: processes of the run survive SIGKILL: {tree.members()}")
-                        return
-                continue
-            if exited_at is not None:
-                leftovers = tree.members()
-                if eof >= 2 and not leftovers:
-                    return
-                if now - exited_at >= PIPE_GRACE_S and leftovers:
-                    # the script is done but left processes behind (workers, a server): end them, they may hold the GPU
-                    state.log.write(
-                        f"\n[colabkit] ending {len(leftovers)} leftover process(es) of the run: {leftovers}\n",
-                        "colabkit",
-                    )
-                    begin("term", signal.SIGTERM, now + TERM_GRACE_S)
-                elif now - exited_at >= PIPE_GRACE_S + KILL_WAIT_S:
-                    return  # the pipes are held outside the group; the readers are daemon threads
-        except KeyboardInterrupt:
-            now = time.monotonic()
-            if stopping is None:
-                state.reason = "interrupt"
-                begin("int", signal.SIGINT, now + INT_GRACE_S)
-                display.note("colabkit: interrupted; stopping the run (press Stop again to kill it at once)")
-            else:
-                state.user_interrupt = True
-                if state.reason == "budget":
-                    state.reason = "interrupt"
-                begin("kill", signal.SIGKILL, now + KILL_WAIT_S)
 
 
 # -- command line ------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from colabkit import _budget, _stale, checkpoint, cli, runner, runtime
+from colabkit import _budget, _group, _stream, checkpoint, cli, runner, runtime
 from colabkit.errors import ColabkitWarning, RunFailed
 from colabkit.runner import run
 
@@ -181,7 +181,7 @@ def test_a_script_ignoring_sigterm_is_killed_at_the_budget_with_its_whole_group(
     assert "[colabkit] run stopped (budget)" in log
     summary = json.loads((r.log_dir / "summary.json").read_text())
     assert (summary["status"], summary["reason"], summary["returncode"]) == ("stopped", "budget", -9)
-    assert _stale.group_members(summary["pid"]) == []
+    assert _group.group_members(summary["pid"]) == []
     assert not psutil.pid_exists(kid) or psutil.Process(kid).status() == psutil.STATUS_ZOMBIE
 
 
@@ -203,10 +203,10 @@ def test_a_script_done_before_its_budget_is_left_alone(proj):
 
 def test_the_status_line_shows_the_time_left():
     state = runner._Run("t.py", (), Path("."), None, _budget.plan(60, 10, runtime.Runtime(kind="terminal")))
-    assert runner._status_text(None, 15.0, state) == "15.0s · 45.0s left"
+    assert _stream.status_text(None, 15.0, state) == "15.0s · 45.0s left"
     state.term_sent = 50.0
-    assert runner._status_text(None, 52.0, state) == "52.0s · SIGTERM sent, SIGKILL in 8.0s"
-    assert runner._status_text(None, 15.0) == "15.0s"
+    assert _stream.status_text(None, 52.0, state) == "52.0s · SIGTERM sent, SIGKILL in 8.0s"
+    assert _stream.status_text(None, 15.0) == "15.0s"
 
 
 # -- the Colab VM limit ----------------------------------------------------------------------------

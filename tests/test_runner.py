@@ -18,7 +18,7 @@ import psutil
 import pytest
 from test_display import screen
 
-from colabkit import _stale, cli, runner, runtime
+from colabkit import _group, _stale, _stream, cli, runner, runtime
 from colabkit.errors import CudaOutOfMemory, RunFailed, ScriptNotFound
 from colabkit.runner import RunResult, run
 
@@ -94,7 +94,7 @@ def test_summary_says_running_while_the_child_runs(proj, monkeypatch):
         if "ready" in state.seen and not seen:
             seen.append(json.loads((state.run_dir / "summary.json").read_text()))
 
-    monkeypatch.setattr(runner, "_loop_hook", hook)
+    monkeypatch.setattr(_stream, "_loop_hook", hook)
     r = run("slow.py", interval=0.05)
     assert (
         seen and seen[0]["status"] == "running" and seen[0]["ended"] is None and seen[0]["returncode"] is None
@@ -244,15 +244,15 @@ def test_timeout_stops_the_group_and_says_interrupted(proj):
     assert err.result.status == "interrupted" and err.returncode == -2  # SIGINT ended it
     summary = json.loads((only_run_dir(proj) / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["returncode"] == -2
-    assert _stale.group_members(summary["pid"]) == []
+    assert _group.group_members(summary["pid"]) == []
     log = err.result.log_path.read_text()
     assert log.startswith("ready\n") and "[colabkit] run interrupted (timeout)" in log
     assert "KeyboardInterrupt" in log
 
 
 def test_a_child_that_ignores_sigint_and_sigterm_is_killed(proj, monkeypatch):
-    monkeypatch.setattr(runner, "INT_GRACE_S", 0.3)
-    monkeypatch.setattr(runner, "TERM_GRACE_S", 0.3)
+    monkeypatch.setattr(_group, "INT_GRACE_S", 0.3)
+    monkeypatch.setattr(_group, "TERM_GRACE_S", 0.3)
     script(
         proj,
         "stubborn.py",
@@ -267,11 +267,11 @@ def test_a_child_that_ignores_sigint_and_sigterm_is_killed(proj, monkeypatch):
     )
     r = run("stubborn.py", timeout=0.3, check=False, monitor=False)
     assert (r.status, r.returncode, r.reason) == ("interrupted", -9, "timeout")
-    assert _stale.group_members(json.loads((r.log_dir / "summary.json").read_text())["pid"]) == []
+    assert _group.group_members(json.loads((r.log_dir / "summary.json").read_text())["pid"]) == []
 
 
 def test_keyboard_interrupt_ends_the_whole_group_including_grandchildren(proj, monkeypatch):
-    monkeypatch.setattr(runner, "INT_GRACE_S", 0.5)
+    monkeypatch.setattr(_group, "INT_GRACE_S", 0.5)
     script(
         proj,
         "parent.py",
@@ -294,10 +294,10 @@ def test_keyboard_interrupt_ends_the_whole_group_including_grandchildren(proj, m
             state_seen["kid"] = int(state.seen.split("grandchild ")[1].split()[0])
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "_loop_hook", hook)
+    monkeypatch.setattr(_stream, "_loop_hook", hook)
     with pytest.raises(KeyboardInterrupt):
         run("parent.py", interval=0.05)
-    assert _stale.group_members(state_seen["pid"]) == []
+    assert _group.group_members(state_seen["pid"]) == []
     kid = state_seen["kid"]
     assert not psutil.pid_exists(kid) or psutil.Process(kid).status() == psutil.STATUS_ZOMBIE
     run_dir = only_run_dir(proj)
@@ -307,7 +307,7 @@ def test_keyboard_interrupt_ends_the_whole_group_including_grandchildren(proj, m
 
 
 def test_leftover_processes_after_a_normal_exit_are_ended(proj, monkeypatch):
-    monkeypatch.setattr(runner, "PIPE_GRACE_S", 0.2)
+    monkeypatch.setattr(_stream, "PIPE_GRACE_S", 0.2)
     script(
         proj,
         "leaves.py",
@@ -557,14 +557,14 @@ class DeadMount:
 
 def test_a_log_on_a_dead_drive_mount_is_noted_once_and_the_run_goes_on(proj, monkeypatch, capsys):
     dead = []
-    real_init = runner._Log.__init__
+    real_init = _stream.Log.__init__
 
     def init(self, path):
         real_init(self, path)
         self._fh = DeadMount(self._fh, dead)
 
-    monkeypatch.setattr(runner._Log, "__init__", init)
-    monkeypatch.setattr(runner, "_loop_hook", lambda state: dead.append(1) if "ready" in state.seen else None)
+    monkeypatch.setattr(_stream.Log, "__init__", init)
+    monkeypatch.setattr(_stream, "_loop_hook", lambda state: dead.append(1) if "ready" in state.seen else None)
     script(
         proj,
         "talk.py",
@@ -597,7 +597,7 @@ def test_stop_while_the_first_summary_is_written_ends_the_group(proj, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         run("forever.py", interval=0.05)
     pid = calls[0]["pid"]
-    assert _stale.group_members(pid) == []
+    assert _group.group_members(pid) == []
     assert not psutil.Process().children(recursive=True)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("colabkit")]
     summary = json.loads((only_run_dir(proj) / "summary.json").read_text())
@@ -616,10 +616,10 @@ def test_an_error_inside_the_loop_ends_the_group_and_is_raised(proj, monkeypatch
             seen["pid"] = state.pid
             raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
 
-    monkeypatch.setattr(runner, "_loop_hook", hook)
+    monkeypatch.setattr(_stream, "_loop_hook", hook)
     with pytest.raises(OSError, match="Transport endpoint is not connected"):
         run("forever.py", interval=0.05)
-    assert _stale.group_members(seen["pid"]) == []
+    assert _group.group_members(seen["pid"]) == []
     assert not [t.name for t in threading.enumerate() if t.name.startswith("colabkit")]
     summary = json.loads((only_run_dir(proj) / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["returncode"] == -2
@@ -633,7 +633,7 @@ def running(pid: int) -> bool:
 
 
 def test_descendants_that_left_the_group_with_setsid_are_ended_too(proj, monkeypatch):
-    monkeypatch.setattr(runner, "INT_GRACE_S", 1.0)
+    monkeypatch.setattr(_group, "INT_GRACE_S", 1.0)
     script(
         proj,
         "escape.py",
@@ -653,7 +653,7 @@ def test_descendants_that_left_the_group_with_setsid_are_ended_too(proj, monkeyp
             seen["gc"] = int(found.group(1))
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "_loop_hook", hook)
+    monkeypatch.setattr(_stream, "_loop_hook", hook)
     with pytest.raises(KeyboardInterrupt):
         run("escape.py", monitor=False)
     gc = seen["gc"]
