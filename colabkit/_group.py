@@ -165,7 +165,9 @@ def end_now(tree: Tree | None, proc: Any) -> list[int]:
     Returns the processes that survived SIGKILL (normally none).
     """
     left: list[int] = []
-    if tree is not None:
+    if tree is None:  # the error came before the tree was built: the group is all we know
+        signal_group(proc.pid, signal.SIGKILL)
+    else:
         try:
             left = stop(tree, int_grace=INT_GRACE_S, term_grace=TERM_GRACE_S, kill_wait=KILL_WAIT_S)
         except Exception as err:  # /proc unreadable: still try the last resort

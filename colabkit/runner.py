@@ -549,8 +549,9 @@ def _run(
             "Pass python=None to use this kernel's interpreter, or the full path of an existing one",
         ) from exc
     # from here on the child runs: whatever goes wrong, end its group before raising (it may hold the GPU)
+    state.proc, state.pid = proc, proc.pid
     try:
-        state.proc, state.pid, state.tree = proc, proc.pid, _group.Tree(proc.pid)
+        state.tree = _group.Tree(proc.pid)
         try:
             create_time = psutil.Process(proc.pid).create_time()
         except psutil.Error:

@@ -741,3 +741,24 @@ def test_stale_reports_redact_secret_arguments(proj, capsys):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_an_error_before_the_process_tree_is_known_still_ends_the_child(proj, monkeypatch):
+    script(proj, "forever.py", "import time\nwhile True:\n    time.sleep(0.05)\n")
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        proc = real_popen(*args, **kwargs)
+        started.append(proc.pid)
+        return proc
+
+    def broken_tree(pgid):
+        raise RuntimeError("psutil unavailable")
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    monkeypatch.setattr(_group, "Tree", broken_tree)
+    with pytest.raises(RuntimeError, match="psutil unavailable"):
+        run("forever.py", monitor=False)
+    assert started and _group.group_members(started[0]) == []
+    assert not psutil.Process().children(recursive=True)
