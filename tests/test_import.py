@@ -46,7 +46,15 @@ for name in {names!r}:
 print(json.dumps(bad))
 """
     assert json.loads(run_python(code)) == []
-    assert set(colabkit.__all__) == {"__version__", *colabkit._NAMES}
+
+
+
+def test_each_public_name_is_exported_by_its_module():
+    import importlib
+
+    for name, module_name in colabkit._NAMES.items():
+        module = importlib.import_module(f"colabkit.{module_name}")
+        assert name in module.__all__, f"colabkit.{module_name}.__all__ lacks {name}"
 
 
 def test_public_types_read_colabkit_dot_name():
