@@ -14,8 +14,10 @@ from .errors import ColabkitError, MountError, ReleaseError
 __all__ = ["drive_flush_and_unmount", "drive_mount", "runtime_unassign"]
 
 _METHODS_OFF_COLAB = (
-    "Here use colabkit.mount('local') (a local folder stands in for Drive) or "
-    "colabkit.mount('ocamlfuse', service_account='key.json') for real Drive access; see docs/drive.md."
+    "Here use colabkit.mount('local') (`colabkit mount --method local` in a terminal; a local folder stands in "
+    "for Drive), or for real Drive access colabkit.mount('ocamlfuse', service_account='key.json') "
+    "(`colabkit mount --method ocamlfuse --service-account key.json`) with a service account key whose e-mail "
+    "the Drive folders are shared with."
 )
 _FAQ = "https://research.google.com/colaboratory/faq.html#drive-timeout"
 

@@ -234,13 +234,14 @@ def _unusable(path: Path, exc: OSError) -> MountError:
         where = f"Drive at {point}" if point is not None and point != Path("/") else "Drive"
         return MountError(
             f"{where} is dead ([Errno {exc.errno}] {exc.strerror}): cannot read {path}",
-            "Remount Drive with colabkit.mount(force=True), then list the runs again.",
+            "Remount Drive with colabkit.mount(force=True) (`colabkit mount --force` in a terminal), then list the runs again.",
             mountpoint=point,
             reason="dead",
         )
     return MountError(
         f"Cannot read {path}: [Errno {exc.errno}] {exc.strerror or exc}",
-        f"Check that {path} is readable; if it is on Drive, remount it with colabkit.mount(force=True).",
+        f"Check that {path} is readable; if it is on Drive, remount it with colabkit.mount(force=True) "
+        "(`colabkit mount --force` in a terminal).",
         mountpoint=point,
         reason="io",
     )
@@ -327,7 +328,8 @@ def runs(project: Any = None, *, log_dir: str = "runs") -> RunList:
     if not _is_dir(base):
         raise ProjectNotFound(
             f"No project folder at {base}",
-            "Pass the project folder that holds the runs folder, e.g. colabkit.runs('/content/drive/MyDrive/test').",
+            "Pass the project folder that holds the runs folder, e.g. "
+            "colabkit.runs('/content/drive/MyDrive/test'), or `colabkit runs PATH` in a terminal.",
             path=base,
         )
     folder = base / log_dir

@@ -31,7 +31,8 @@ INSTALL_TIMEOUT_S = 600.0  # one apt-get step
 _NO_AUTH_HINT = (
     "Pass one of: service_account='key.json' (a service account key; share the Drive folders with its e-mail), "
     "state_dir='gdfuse-state/' (a ~/.gdfuse/<label>/ folder authorized once on a machine with a browser), or "
-    "client_id='....apps.googleusercontent.com' (your own OAuth client; you paste a code). See docs/drive.md."
+    "client_id='....apps.googleusercontent.com' (your own OAuth client; you paste a code). In a terminal: "
+    "`colabkit mount --method ocamlfuse` with --service-account, --state-dir or --client-id."
 )
 
 
@@ -368,7 +369,8 @@ def mount(
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
         raise MountError(
             f"google-drive-ocamlfuse could not mount {point} (exit {proc.returncode}): {tail}",
-            f"Read ~/.gdfuse/{label}/gdfuse.log; if the credentials expired, authorize again (see docs/drive.md).",
+            f"Read ~/.gdfuse/{label}/gdfuse.log; if the credentials expired, authorize again: mount with "
+            "client_id=... (you paste a new code) or a freshly authorized state_dir=...",
             mountpoint=point,
             method="ocamlfuse",
             reason="failed",

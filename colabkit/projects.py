@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import html
 import json
@@ -10,10 +11,12 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from . import display, runtime
 from .errors import InstallError, ProjectNotFound
 
 __all__ = ["PREINSTALLED", "Project", "current", "project"]
@@ -28,6 +31,9 @@ PREINSTALLED = ("torch", "torchvision", "torchaudio", "tensorflow", "jax", "jaxl
 _BESIDE_MYDRIVE = ("Shareddrives", ".shortcut-targets-by-id")
 _STAMP_DIR = ".colabkit"
 _STAMP = "requirements.stamp"
+_CONSTRAINTS = "preinstalled-constraints.txt"
+# a folder that cannot be written: EACCES/EPERM (permissions), EROFS (a read-only mount)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 _current: Project | None = None
 
@@ -127,7 +133,9 @@ def project(
             ``"Shareddrives/<drive>/test"`` or ``".shortcut-targets-by-id/<id>/test"`` (both beside MyDrive,
             in ``<Mount.mountpoint>``) or an absolute path. A relative name mounts Drive first if nothing
             is mounted.
-        install: Install ``requirements.txt`` with pip when it changed since the last install on this machine.
+        install: Install ``requirements.txt`` with pip when it changed since the last install on this machine
+            (a stamp in ``<project>/.colabkit/``, or in ``~/.cache/colabkit/stamps/`` when the project folder
+            cannot be written). pip's output is captured; a line before and after says it is running.
         keep_preinstalled: Never up- or downgrade the runtime's torch, torchvision, torchaudio, tensorflow,
             jax, jaxlib and numpy (pip gets a constraints file pinning the installed versions).
 
@@ -188,8 +196,55 @@ def _mentioned(requirements: str, names: dict[str, str]) -> list[str]:
     return out
 
 
+def _cache_stamp_dir(path: Path) -> Path:
+    """Where the stamp of a project folder that cannot be written is kept: ``<cache>/stamps/<sha256 of path>``.
+
+    ``<cache>`` is ``$COLABKIT_CACHE`` or ``~/.cache/colabkit``, the base ``stage()`` uses off Colab.
+    """
+    cache = os.environ.get("COLABKIT_CACHE")
+    base = Path(cache).expanduser() if cache else Path.home() / ".cache" / "colabkit"
+    return base / "stamps" / hashlib.sha256(str(path).encode()).hexdigest()
+
+
+class _StampFolder:
+    """``<project>/.colabkit``, or the cache folder once the project folder refused a write (said once)."""
+
+    def __init__(self, project: Path) -> None:
+        self.project = project
+        self.folder = project / _STAMP_DIR
+        self.moved = False
+
+    def candidates(self) -> tuple[Path, Path]:
+        return (self.folder, _cache_stamp_dir(self.project))
+
+    def write(self, name: str, text: str) -> Path:
+        try:
+            return self._write(name, text)
+        except OSError as exc:
+            if self.moved or exc.errno not in _NOT_WRITABLE:
+                raise
+            self.folder, self.moved = _cache_stamp_dir(self.project), True
+            display.note(
+                f"colabkit: cannot write {self.project / _STAMP_DIR} ({exc.strerror or exc}); keeping the "
+                f"requirements stamp in {self.folder} instead"
+            )
+            return self._write(name, text)
+
+    def _write(self, name: str, text: str) -> Path:
+        self.folder.mkdir(parents=self.moved, exist_ok=True)
+        target = self.folder / name
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, target)
+        return target
+
+
 def _install(path: Path, keep_preinstalled: bool) -> tuple[str, tuple[str, ...]]:
-    """Run pip on requirements.txt unless the stamp says this exact file was installed on this machine."""
+    """Run pip on requirements.txt unless the stamp says this exact file was installed on this machine.
+
+    The stamp lives in ``<project>/.colabkit/``; when the project folder cannot be written (a read-only
+    share, a read-only mount) it lives under the user's cache instead and the install still happens.
+    """
     req = path / "requirements.txt"
     text = req.read_text()
     pinned = _installed(PREINSTALLED) if keep_preinstalled else {}
@@ -200,25 +255,28 @@ def _install(path: Path, keep_preinstalled: bool) -> tuple[str, tuple[str, ...]]
         "boot_id": _boot_id(),
         "pinned": pinned,
     }
-    stamp = path / _STAMP_DIR / _STAMP
-    try:
-        if json.loads(stamp.read_text()) == key:
-            return "up to date", ()
-    except (OSError, ValueError):
-        pass
-    stamp.parent.mkdir(exist_ok=True)
+    stamps = _StampFolder(path)
+    for folder in stamps.candidates():
+        try:
+            if json.loads((folder / _STAMP).read_text()) == key:
+                return "up to date", ()
+        except (OSError, ValueError):
+            continue
     cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-r", str(req)]
     kept = tuple(f"{n} {pinned[n]}" for n in _mentioned(text, pinned))
     if pinned:
-        constraints = stamp.parent / "preinstalled-constraints.txt"
-        constraints.write_text("".join(f"{n}=={v}\n" for n, v in sorted(pinned.items())))
+        constraints = stamps.write(_CONSTRAINTS, "".join(f"{n}=={v}\n" for n, v in sorted(pinned.items())))
         cmd += ["-c", str(constraints)]
     if kept:
         log.warning(
             "keeping the preinstalled %s; pass keep_preinstalled=False to let pip change them",
             ", ".join(kept),
         )
+    # pip's output is captured (its tail goes into the error): say what is happening, or the cell looks hung
+    display.note("colabkit: installing requirements.txt into this runtime (first time, or it changed)…")
+    started = time.monotonic()
     proc = subprocess.run(cmd, cwd=path, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    took = runtime.format_duration(time.monotonic() - started)
     if proc.returncode != 0:
         lines = (proc.stdout + proc.stderr).strip().splitlines()
         tail = "\n".join(lines[-12:])
@@ -233,12 +291,11 @@ def _install(path: Path, keep_preinstalled: bool) -> tuple[str, tuple[str, ...]]
                 f"Python {sys.version_info.major}.{sys.version_info.minor}), then run the cell again."
             )
         raise InstallError(
-            f"pip could not install {req} (exit {proc.returncode}):\n{tail}",
+            f"pip could not install {req} (exit {proc.returncode}, after {took}):\n{tail}",
             hint,
             returncode=proc.returncode,
             output_tail=tail,
         )
-    tmp = stamp.with_suffix(".tmp")
-    tmp.write_text(json.dumps(key, indent=1, sort_keys=True))
-    os.replace(tmp, stamp)
+    display.note(f"colabkit: requirements.txt installed in {took}")
+    stamps.write(_STAMP, json.dumps(key, indent=1, sort_keys=True))
     return "installed", kept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import os
 import platform
@@ -30,6 +31,8 @@ _TORCH_TIMEOUT_S = 60.0
 # the OAuth client id of the Google Cloud SDK, which the old ocamlfuse recipe borrowed through oauth2client
 _BORROWED_CLIENT_ID = "32555940559.apps.googleusercontent.com"
 
+_MOUNT_FIX = "mount it: colabkit.mount() in a notebook, `colabkit mount` in a terminal"
+_REMOUNT = "colabkit.mount(force=True) (`colabkit mount --force` in a terminal)"
 _OOB_STORY = (
     "The old recipe (apt PPA alessandro-strada with python-software-properties, Colab's OAuth client id "
     "borrowed through oauth2client, then a pasted verification code) stopped working in 2022, when Google "
@@ -60,6 +63,8 @@ def _find_mount() -> Any:
 
 def _describe_mount(mount: Any) -> str:
     mode = "read-only" if getattr(mount, "readonly", False) else "read-write"
+    if mount.method == "local":  # a plain folder: nothing is mounted
+        return f"local folder {mount.root} (stand-in for Drive, {mode})"
     return f"{mount.root} ({mount.method}, {mode}, mounted at {mount.mountpoint})"
 
 
@@ -154,10 +159,11 @@ def info() -> Info:
     Examples:
         >>> colabkit.info()
         colabkit 0.1.0 info
-          runtime  Colab (release-colab_20250101-060000_RC00), up 41m02s of ~12h00m
+          runtime  Colab (release-colab_20250101-060000_RC00)
           python   3.11.13 (/usr/bin/python3)
           gpu 0    Tesla T4, 15.0 GiB (0.0 GiB used), driver 550.54.15, CUDA 12.4, sm 7.5
           ...
+          uptime   41m02s of ~12h00m (about 11h18m left)
     """
     problems: list[str] = []
     rt = _try(problems, "runtime", runtime.detect)
@@ -177,7 +183,8 @@ def info() -> Info:
     mount = _try(problems, "drive", _find_mount)
     torch = _try(problems, "torch", lambda: gpu.torch_status(timeout=_TORCH_TIMEOUT_S))
     return Info(
-        runtime=rt.describe() if rt is not None else "n/a",
+        # the uptime has its own row: not twice
+        runtime=dataclasses.replace(rt, uptime_s=None).describe() if rt is not None else "n/a",
         python=f"{platform.python_version()} ({sys.executable})",
         gpus=tuple(gpus),
         gpu_problem=gpu_problem,
@@ -329,16 +336,14 @@ def _write_probe(root: Path) -> None:
 def _check_drive(ctx: _Context) -> Check:
     mount = _find_mount()
     if mount is None:
-        return Check(
-            "drive", "warn", "Drive is not mounted", "mount it: colabkit.mount() (or colabkit.setup(...))"
-        )
+        return Check("drive", "warn", "Drive is not mounted", _MOUNT_FIX)
     where = _describe_mount(mount)
     if getattr(mount, "readonly", False):
         return Check(
             "drive",
             "warn",
             f"{where}: read-only, runs cannot save logs or checkpoints there",
-            "remount read-write: colabkit.mount(force=True)",
+            f"remount read-write: {_REMOUNT}",
         )
     outcome: list[BaseException | None] = []
 
@@ -357,7 +362,7 @@ def _check_drive(ctx: _Context) -> Check:
             "drive",
             "fail",
             f"{where}: a test write did not finish within {_DRIVE_PROBE_TIMEOUT_S:g} s",
-            "the mount hangs: remount with colabkit.mount(force=True)",
+            f"the mount hangs: remount with {_REMOUNT}",
         )
     if outcome[0] is not None:
         exc = outcome[0]
@@ -365,7 +370,7 @@ def _check_drive(ctx: _Context) -> Check:
             "drive",
             "fail",
             f"{where}: cannot write: {exc}",
-            "the mount is broken or full: remount with colabkit.mount(force=True), and check the Drive quota",
+            f"the mount is broken or full: remount with {_REMOUNT}, and check the Drive quota",
         )
     return Check("drive", "ok", f"{where}, writable")
 
@@ -469,9 +474,9 @@ def _check_ocamlfuse(ctx: _Context) -> Check:
         "ocamlfuse recipe",
         "warn",
         "leftovers of the old google-drive-ocamlfuse recipe: " + "; ".join(found) + ". " + _OOB_STORY,
-        "mount with colabkit.mount() (drive.mount on Colab), or colabkit.mount('ocamlfuse') with a service "
-        "account key or your own OAuth client id; delete the PPA's file in /etc/apt/sources.list.d/ and the "
-        "half-made ~/.gdfuse/<label>/ folder",
+        "mount with colabkit.mount() (drive.mount on Colab; `colabkit mount` in a terminal), or "
+        "colabkit.mount('ocamlfuse') with a service account key or your own OAuth client id; delete the PPA's "
+        "file in /etc/apt/sources.list.d/ and the half-made ~/.gdfuse/<label>/ folder",
     )
 
 
@@ -522,7 +527,7 @@ def doctor() -> Doctor:
         colabkit doctor: 5 ok, 1 warn, 0 fail
           ok    gpu                Tesla T4, 15.0 GiB (0.3 GiB used), driver 550.54.15, CUDA 12.4, sm 7.5
           WARN  drive              Drive is not mounted
-                fix: mount it: colabkit.mount() (or colabkit.setup(...))
+                fix: mount it: colabkit.mount() in a notebook, `colabkit mount` in a terminal
           ...
     """
     try:

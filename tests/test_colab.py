@@ -136,7 +136,12 @@ def test_off_colab_the_real_check_says_which_methods_work(fake_colab, tmp_path):
         colab.drive_mount(tmp_path / "drive", force_remount=False, timeout_ms=1000, readonly=False)
     assert info.value.reason == "not_colab"
     assert "terminal" in info.value.message
-    assert "mount('local')" in info.value.hint and "ocamlfuse" in info.value.hint
+    assert info.value.hint == (
+        "Here use colabkit.mount('local') (`colabkit mount --method local` in a terminal; a local folder stands "
+        "in for Drive), or for real Drive access colabkit.mount('ocamlfuse', service_account='key.json') "
+        "(`colabkit mount --method ocamlfuse --service-account key.json`) with a service account key whose "
+        "e-mail the Drive folders are shared with."
+    )
     assert isinstance(info.value.__cause__, NotImplementedError)
 
 

@@ -57,6 +57,7 @@ def test_drive_off_colab_says_which_methods_work(tmp_path, monkeypatch):
     finally:
         forget_fake_colab()
     assert info.value.reason == "not_colab" and "mount('local')" in info.value.hint
+    assert "`colabkit mount --method local`" in info.value.hint
 
 
 def test_mount_table_octal_escapes():

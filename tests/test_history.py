@@ -113,7 +113,10 @@ def test_empty_project_default_project_and_missing_project(tmp_path, monkeypatch
     assert [r.status for r in history.runs(project / "runs")] == ["finished"]  # the runs folder itself
     with pytest.raises(ProjectNotFound, match="No project folder at .*nowhere") as info:
         history.runs(tmp_path / "nowhere")
-    assert "Pass the project folder that holds the runs folder" in info.value.hint
+    assert info.value.hint == (
+        "Pass the project folder that holds the runs folder, e.g. colabkit.runs('/content/drive/MyDrive/test'), "
+        "or `colabkit runs PATH` in a terminal."
+    )
 
 
 def test_cli_lists_runs(tmp_path, capsys):
@@ -195,7 +198,10 @@ def test_dead_drive_mount_raises_mount_error_with_the_fix(tmp_path):
         err = info.value
         assert err.reason == "dead" and err.mountpoint == str(mnt)
         assert f"): cannot read {mnt / 'proj'}" in err.message
-        assert err.hint == "Remount Drive with colabkit.mount(force=True), then list the runs again."
+        assert err.hint == (
+            "Remount Drive with colabkit.mount(force=True) (`colabkit mount --force` in a terminal), "
+            "then list the runs again."
+        )
         assert isinstance(err, OSError)
 
 

@@ -146,6 +146,23 @@ def test_no_credentials(gd, tmp_path):
     assert info.value.reason == "no_auth"
     for word in ("service_account=", "state_dir=", "client_id="):
         assert word in info.value.hint
+    # the fix is in the hint itself, for the notebook and the terminal (no pointer to a docs folder)
+    assert info.value.hint.endswith(
+        "In a terminal: `colabkit mount --method ocamlfuse` with --service-account, --state-dir or --client-id."
+    )
+    assert "docs/" not in info.value.hint
+
+
+def test_a_failed_sign_in_says_how_to_authorize_again(gd, tmp_path):
+    key = tmp_path / "key.json"
+    key.write_text(json.dumps({"type": "authorized_user", "refresh_token": "x"}))  # not a service account key
+    with pytest.raises(MountError, match="could not mount .* \\(exit 1\\): Error: not a service account key") as info:
+        colabkit.mount("ocamlfuse", tmp_path / "gdrive", service_account=key)
+    assert info.value.reason == "failed"
+    assert info.value.hint == (
+        "Read ~/.gdfuse/default/gdfuse.log; if the credentials expired, authorize again: mount with "
+        "client_id=... (you paste a new code) or a freshly authorized state_dir=..."
+    )
 
 
 def test_missing_tool_off_ubuntu(tmp_path, monkeypatch):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -137,19 +139,24 @@ def venv(tmp_path, monkeypatch):
     return Path(purelib)
 
 
-def test_requirements_installed_once_per_change(mydrive, venv, tmp_path):
+def test_requirements_installed_once_per_change(mydrive, venv, tmp_path, capsys):
     wheels = tmp_path / "wheels"
     _wheel(wheels, "tinypkg", "0.1")
     req = mydrive / "test/requirements.txt"
     req.write_text(f"--no-index\n--find-links {wheels}\ntinypkg==0.1\n")
     p = colabkit.project("test")
     assert p.requirements == "installed"
+    # pip's output is captured: one line before it starts, one with the time it took
+    before, after = capsys.readouterr().out.splitlines()
+    assert before == "colabkit: installing requirements.txt into this runtime (first time, or it changed)…"
+    assert re.fullmatch(r"colabkit: requirements\.txt installed in \d+\.\ds", after), after
     assert (venv / "tinypkg/__init__.py").read_text() == "VERSION = '0.1'\n"
     assert (mydrive / "test/.colabkit/requirements.stamp").is_file()
     # the stamp matches: pip does not run (it would put the package back)
     for path in venv.glob("tinypkg*"):
         subprocess.run(["rm", "-rf", str(path)], check=True)
     assert colabkit.project("test").requirements == "up to date"
+    assert capsys.readouterr().out == ""  # nothing to install, nothing said
     assert not (venv / "tinypkg").exists()
     req.write_text(req.read_text() + "# changed\n")
     assert colabkit.project("test").requirements == "installed"
@@ -157,7 +164,7 @@ def test_requirements_installed_once_per_change(mydrive, venv, tmp_path):
     assert colabkit.project("test", install=False).requirements == "skipped"
 
 
-def test_failed_install_shows_pips_tail(mydrive, venv, tmp_path):
+def test_failed_install_shows_pips_tail(mydrive, venv, tmp_path, capsys):
     (tmp_path / "wheels").mkdir()
     (mydrive / "test/requirements.txt").write_text(
         f"--no-index\n--find-links {tmp_path}/wheels\nno-such-pkg==9.9\n"
@@ -169,7 +176,11 @@ def test_failed_install_shows_pips_tail(mydrive, venv, tmp_path):
     assert "No matching distribution found for no-such-pkg==9.9" in err.output_tail
     assert err.output_tail in err.message
     assert "Fix the line pip names in" in err.hint
+    assert re.search(r"\(exit 1, after \d+\.\ds\):", err.message)
     assert not (mydrive / "test/.colabkit/requirements.stamp").exists()
+    assert capsys.readouterr().out.splitlines() == [
+        "colabkit: installing requirements.txt into this runtime (first time, or it changed)…"
+    ]
 
 
 def test_preinstalled_packages_are_not_replaced_unless_asked(mydrive, venv, tmp_path, monkeypatch):
@@ -195,3 +206,85 @@ def test_kept_packages_are_reported(mydrive, venv, tmp_path, monkeypatch):
     p = colabkit.project("test")
     assert p.kept == (f"psutil {metadata.version('psutil')}",)
     assert os.path.samefile(Path.cwd(), mydrive / "test")
+
+
+def _refuse_writes_under(monkeypatch, folder: Path) -> None:
+    """Make every mkdir and write under ``folder`` fail as on a read-only share (root ignores chmod)."""
+    real_mkdir, real_write = Path.mkdir, Path.write_text
+
+    def refuse(path: Path) -> None:
+        if path == folder or folder in path.parents:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    def mkdir(self, *args, **kwargs):
+        refuse(self)
+        return real_mkdir(self, *args, **kwargs)
+
+    def write_text(self, *args, **kwargs):
+        refuse(self)
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    monkeypatch.setattr(Path, "write_text", write_text)
+
+
+def _tiny_requirements(project: Path, tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    _wheel(wheels, "tinypkg", "0.1")
+    (project / "requirements.txt").write_text(f"--no-index\n--find-links {wheels}\ntinypkg==0.1\n")
+
+
+def _read_only_install(mydrive, capsys, cache: Path) -> None:
+    project = mydrive / "test"
+    p = colabkit.project("test")
+    assert p.requirements == "installed"
+    stamps = cache / "stamps" / hashlib.sha256(str(project).encode()).hexdigest()
+    assert (stamps / "requirements.stamp").is_file()
+    assert (stamps / "preinstalled-constraints.txt").read_text() == f"psutil=={metadata.version('psutil')}\n"
+    assert not (project / ".colabkit").exists()
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == (
+        f"colabkit: cannot write {project}/.colabkit (Permission denied); keeping the requirements stamp "
+        f"in {stamps} instead"
+    )
+    assert said[1] == "colabkit: installing requirements.txt into this runtime (first time, or it changed)…"
+    assert said[2].startswith("colabkit: requirements.txt installed in ") and len(said) == 3  # said once
+    # the stamp under the cache counts: no second install
+    assert colabkit.project("test").requirements == "up to date"
+    assert capsys.readouterr().out == ""
+
+
+def test_read_only_project_keeps_its_stamp_in_the_cache(mydrive, venv, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(projects, "PREINSTALLED", ("psutil",))
+    monkeypatch.setenv("COLABKIT_CACHE", str(tmp_path / "cache"))
+    _tiny_requirements(mydrive / "test", tmp_path)
+    _refuse_writes_under(monkeypatch, mydrive / "test")
+    _read_only_install(mydrive, capsys, tmp_path / "cache")
+    assert (venv / "tinypkg/__init__.py").read_text() == "VERSION = '0.1'\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a folder whatever its mode")
+def test_read_only_project_by_mode(mydrive, venv, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(projects, "PREINSTALLED", ("psutil",))
+    project = mydrive / "test"
+    _tiny_requirements(project, tmp_path)
+    project.chmod(0o555)
+    try:
+        _read_only_install(mydrive, capsys, Path.home() / ".cache/colabkit")
+    finally:
+        project.chmod(0o755)
+
+
+def test_other_write_errors_are_not_hidden(mydrive, venv, tmp_path, monkeypatch):
+    monkeypatch.setattr(projects, "PREINSTALLED", ("psutil",))
+    (mydrive / "test/requirements.txt").write_text("--no-index\npsutil\n")
+    real_write = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.parent == mydrive / "test/.colabkit":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match="No space left on device"):
+        colabkit.project("test")

@@ -61,11 +61,11 @@ def test_info_reports_every_part(machine, t4, drive_module, tmp_path):
     drive_module.find_mount = lambda: _mount(drive_root)
     result = colabkit.info()
     rows = dict(result.rows())
-    assert rows["runtime"] == "terminal, up 1h02m"
+    assert rows["runtime"] == "terminal"  # the uptime is shown once, in its own row
     assert rows["python"].startswith(f"{sys.version_info.major}.{sys.version_info.minor}.")
     assert rows["gpu 0"] == T4_LINE
     assert rows["disk"].endswith(f" at {machine / 'content'}")
-    assert rows["drive"] == f"{drive_root} (local, read-write, mounted at {drive_root})"
+    assert rows["drive"] == f"local folder {drive_root} (stand-in for Drive, read-write)"
     assert rows["cuda"] == "driver supports CUDA 12.4"
     assert rows["uptime"] == "1h02m"
     assert result.ram_total == psutil.virtual_memory().total
@@ -76,13 +76,15 @@ def test_info_reports_every_part(machine, t4, drive_module, tmp_path):
     assert lines[0] == f"colabkit {colabkit.__version__} info"
     assert f"  gpu 0    {T4_LINE}" in lines
     assert repr(result) == str(result)
+    assert str(result).count("1h02m") == 1
 
 
 def test_info_on_colab_shows_the_vm_limit(machine, t4, drive_module, monkeypatch):
     monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20250101-060000_RC00")
     rows = dict(colabkit.info().rows())
-    assert rows["runtime"] == "Colab (release-colab_20250101-060000_RC00), up 1h02m of ~12h00m"
+    assert rows["runtime"] == "Colab (release-colab_20250101-060000_RC00)"
     assert rows["uptime"] == "1h02m of ~12h00m (about 10h57m left)"
+    assert str(colabkit.info()).count("1h02m") == 1
     assert rows["drive"] == "not mounted"
 
 
@@ -131,7 +133,7 @@ def test_doctor_all_good(machine, t4, drive_module, tmp_path):
     ]
     assert result.ok and result.summary() == "7 ok, 0 warn, 0 fail"
     assert result["gpu"].detail == T4_LINE
-    assert result["drive"].detail == f"{drive_root} (local, read-write, mounted at {drive_root}), writable"
+    assert result["drive"].detail == f"local folder {drive_root} (stand-in for Drive, read-write), writable"
     # the probe writes inside .colabkit/ and keeps its one file: deleting on Drive would fill the trash
     assert [p.relative_to(drive_root).as_posix() for p in drive_root.rglob("*")] == [
         ".colabkit",
@@ -177,18 +179,29 @@ def test_doctor_names_processes_holding_gpu_memory(machine, drive_module):
 
 def test_doctor_drive_verdicts(machine, t4, drive_module, tmp_path):
     assert colabkit.doctor()["drive"] == report.Check(
-        "drive", "warn", "Drive is not mounted", "mount it: colabkit.mount() (or colabkit.setup(...))"
+        "drive",
+        "warn",
+        "Drive is not mounted",
+        "mount it: colabkit.mount() in a notebook, `colabkit mount` in a terminal",
     )
     drive_module.find_mount = lambda: _mount(tmp_path, readonly=True, method="drive")
     check = colabkit.doctor()["drive"]
-    assert check.status == "warn" and "read-only, runs cannot save" in check.detail
+    assert check.status == "warn"
+    assert check.detail == (
+        f"{tmp_path} (drive, read-only, mounted at {tmp_path}): read-only, runs cannot save logs or "
+        "checkpoints there"
+    )
+    assert check.fix == "remount read-write: colabkit.mount(force=True) (`colabkit mount --force` in a terminal)"
     missing = tmp_path / "gone"
     drive_module.find_mount = lambda: _mount(missing)
     check = colabkit.doctor()["drive"]
     assert check.status == "fail"
-    assert check.detail.startswith(f"{missing} (local, read-write, mounted at {missing}): cannot write: ")
+    assert check.detail.startswith(f"local folder {missing} (stand-in for Drive, read-write): cannot write: ")
     assert "No such file or directory" in check.detail
-    assert check.fix.startswith("the mount is broken or full: remount with colabkit.mount(force=True)")
+    assert check.fix == (
+        "the mount is broken or full: remount with colabkit.mount(force=True) (`colabkit mount --force` "
+        "in a terminal), and check the Drive quota"
+    )
 
 
 @pytest.mark.fuse
@@ -258,7 +271,7 @@ def test_doctor_finds_the_dead_ocamlfuse_recipe(machine, t4, drive_module, monke
     assert "stopped working in 2022" in check.detail
     assert '"The out-of-band (OOB) flow has been blocked"' in check.detail
     assert "not-a-real-secret" not in str(colabkit.doctor()), "a client secret reached the output"
-    assert check.fix.startswith("mount with colabkit.mount()")
+    assert check.fix.startswith("mount with colabkit.mount() (drive.mount on Colab; `colabkit mount` in a terminal)")
 
 
 def test_own_ocamlfuse_client_id_is_fine_once_authorized(machine, t4, drive_module, monkeypatch):
