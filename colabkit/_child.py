@@ -3,6 +3,14 @@
 On top, at exit it reports the framework's own memory peaks (``torch.cuda.max_memory_allocated`` and
 ``max_memory_reserved`` per device) as JSON to the file named by ``$COLABKIT_CHILD_REPORT``, but only
 when the script imported torch and initialised CUDA: this module never imports torch itself.
+
+A daemon thread named ``colabkit-watchdog`` ends the run's process group if the process that started
+it dies (SIGKILL, a kernel restart, a closed terminal): it records the parent's pid at start and, once
+the parent changes, starts a small helper outside the group that sends the group SIGTERM, then
+SIGKILL ``WATCHDOG_GRACE_S`` (or ``$COLABKIT_WATCHDOG_GRACE``) seconds later, so nothing is left holding the GPU. It uses no
+``prctl(PR_SET_PDEATHSIG)``, which fires when the parent *thread* exits (``run()`` may be called from a
+thread). The thread is the one visible difference from ``python SCRIPT``: ``threading.enumerate()``
+lists it (and on Python 3.12+ a direct ``os.fork()`` in the script warns about a multi-threaded process).
 """
 
 from __future__ import annotations
@@ -13,11 +21,79 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 import types
 
-__all__ = ["REPORT_ENV", "framework_report", "main"]
+__all__ = [
+    "GRACE_ENV",
+    "REPORT_ENV",
+    "WATCHDOG_GRACE_S",
+    "WATCHDOG_POLL_S",
+    "framework_report",
+    "main",
+    "start_watchdog",
+]
 
 REPORT_ENV = "COLABKIT_CHILD_REPORT"
+GRACE_ENV = "COLABKIT_WATCHDOG_GRACE"  # seconds, to change WATCHDOG_GRACE_S for one run
+WATCHDOG_POLL_S = 0.5  # how often the watchdog looks at the parent's pid
+WATCHDOG_GRACE_S = 5.0  # after the parent died: SIGTERM to the group, SIGKILL this much later
+
+# Runs outside the group (its own session), so the SIGTERM it sends cannot end it before the SIGKILL.
+_REAPER = """
+import os, signal, sys, time
+pgid, grace = int(sys.argv[1]), float(sys.argv[2])
+def send(sig):
+    try:
+        os.killpg(pgid, sig)
+    except OSError:
+        sys.exit(0)
+send(signal.SIGTERM)
+end = time.monotonic() + grace
+while time.monotonic() < end:
+    time.sleep(0.1)
+    send(0)
+send(signal.SIGKILL)
+"""
+
+
+def _end_group(pgid: int, grace: float) -> None:
+    """SIGTERM to the group, SIGKILL ``grace`` seconds later, from a helper that survives the SIGTERM."""
+    try:
+        import subprocess
+
+        subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _REAPER, str(pgid), str(grace)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        return
+    except Exception:  # no helper: do it from here (this process may die of the SIGTERM first)
+        pass
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+        time.sleep(grace)
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _watch(parent: int, poll: float, grace: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(poll)
+    _end_group(os.getpgid(0), grace)
+
+
+def start_watchdog(poll: float = WATCHDOG_POLL_S, grace: float = WATCHDOG_GRACE_S) -> threading.Thread:
+    """Start the daemon thread that ends this process group once the parent process is gone."""
+    thread = threading.Thread(
+        target=_watch, args=(os.getppid(), poll, grace), name="colabkit-watchdog", daemon=True
+    )
+    thread.start()
+    return thread
 
 
 def framework_report() -> dict[str, object] | None:
@@ -86,6 +162,12 @@ def main(argv: list[str] | None = None) -> None:
         # the message python itself prints for a missing script
         sys.stderr.write(f"{sys.executable}: can't open file {path!r}: [Errno {exc.errno}] {exc.strerror}\n")
         sys.exit(2)
+    grace = os.environ.pop(GRACE_ENV, None)
+    if os.getpgid(0) == os.getpid():  # only as the leader of its own group (as run() starts it)
+        try:
+            start_watchdog(grace=float(grace) if grace else WATCHDOG_GRACE_S)
+        except ValueError:
+            start_watchdog()
     sys.argv = argv
     sys.path[0] = os.path.dirname(path)
     module = types.ModuleType("__main__")

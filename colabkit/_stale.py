@@ -184,7 +184,9 @@ def report(runs_root: Path, *, kill: bool) -> None:
     if not stale:
         return
     if not kill:
-        display.note("colabkit: pass kill_stale=True to run() to end these processes first")
+        display.note(
+            "colabkit: pass kill_stale=True to run() (--kill-stale on the command line) to end these processes first"
+        )
         return
     left = end([s.pid for s in stale])
     ended = len(stale) - len(left)

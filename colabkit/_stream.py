@@ -1,6 +1,7 @@
-"""A run's output: the reader threads, ``output.log``, the screen, and the loop that moves output between them.
+"""A run's output: the reader thread, ``output.log``, the screen, and the loop that moves output between them.
 
-Two reader threads put the child's stdout and stderr on one queue; ``pump()`` runs on the calling
+The child's stdout and stderr share one pipe, so their order is the order the child wrote them in (as
+``python SCRIPT 2>&1`` shows it); one reader thread puts the text on a queue. ``pump()`` runs on the calling
 thread (a notebook cell's own thread, which is the only one Colab renders from), writes the log,
 draws the throttled output and the status line, and on timeout, budget or KeyboardInterrupt ends
 the run's processes step by step (``_group``'s SIGINT, SIGTERM, SIGKILL) while output keeps flowing.
@@ -38,7 +39,7 @@ __all__ = [
     "pump",
     "reader",
     "say",
-    "start_readers",
+    "start_reader",
     "status_text",
 ]
 
@@ -72,15 +73,13 @@ def reader(stream: Any, name: str, q: queue.Queue[tuple[str, str | None]]) -> No
         q.put((name, None))
 
 
-def start_readers(proc: Any, q: queue.Queue[tuple[str, str | None]]) -> list[threading.Thread]:
-    """One started daemon reader thread for each of the child's stdout and stderr."""
-    readers = [
-        threading.Thread(target=reader, args=(stream, name, q), name=f"colabkit-reader-{name}", daemon=True)
-        for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))
-    ]
-    for t in readers:
-        t.start()
-    return readers
+def start_reader(proc: Any, q: queue.Queue[tuple[str, str | None]]) -> list[threading.Thread]:
+    """The started daemon reader thread of the child's output pipe (stdout and stderr together), in a list."""
+    thread = threading.Thread(
+        target=reader, args=(proc.stdout, "output", q), name="colabkit-reader", daemon=True
+    )
+    thread.start()
+    return [thread]
 
 
 def join_readers(readers: list[threading.Thread]) -> None:
@@ -102,7 +101,8 @@ def drain(state: Output) -> None:
 def close_pipes(proc: Any) -> None:
     for stream in (proc.stdout, proc.stderr):
         try:
-            stream.close()
+            if stream is not None:
+                stream.close()
         except OSError:
             pass
 
@@ -117,11 +117,10 @@ def drive_lost(what: str, exc: OSError, goes_on: str) -> None:
 
 
 class Log:
-    """output.log: everything the child wrote, each stream's unfinished line held back until it ends.
+    """output.log: everything the child wrote, in order, and colabkit's own lines between them.
 
-    Two pipes cannot keep the child's exact interleaving; holding back a stream's text after its
-    last newline or carriage return keeps a stdout line from landing inside a stderr progress bar.
-    A write that fails (Drive disconnected: ENOTCONN) is said once; the run goes on without the log.
+    The child's unfinished line is held back until it ends, so a ``[colabkit]`` line never lands
+    inside a progress bar. A write that fails (Drive disconnected: ENOTCONN) is said once; the run goes on without the log.
     """
 
     def __init__(self, path: Path) -> None:
@@ -166,7 +165,7 @@ class Log:
 
 
 class Output:
-    """The output side of a run's live state: queue and readers, log, screen, and the stderr tail."""
+    """The output side of a run's live state: queue and reader, log, screen, and the output's last lines."""
 
     def __init__(self) -> None:
         self.queue: queue.Queue[tuple[str, str | None]] = queue.Queue()
@@ -175,30 +174,32 @@ class Output:
         self.view: display.OutputView | None = None
         self.status: display.StatusLine | None = None
         self.seen = ""  # the last few KB of output, for hooks and tests
-        self.stderr_lines: collections.deque[str] = collections.deque(maxlen=200)
-        self._stderr_partial = ""
+        self.tail_lines: collections.deque[str] = collections.deque(maxlen=200)
+        self._tail_partial = ""
         self.csv_noted = False
+        self.stopping: str | None = None  # "int" | "term" | "kill" once colabkit is ending the run
+        self.stop_deadline: float | None = None  # seconds after the start when the next signal is due
 
-    def note_stderr(self, text: str) -> None:
-        pieces = (self._stderr_partial + text).split("\n")
-        self._stderr_partial = pieces.pop()[-4096:]
+    def note_tail(self, text: str) -> None:
+        pieces = (self._tail_partial + text).split("\n")
+        self._tail_partial = pieces.pop()[-4096:]
         for line in pieces:
-            self.stderr_lines.append(line.rsplit("\r", 1)[-1] if line.rstrip("\r") else line)
+            self.tail_lines.append(line.rsplit("\r", 1)[-1] if line.rstrip("\r") else line)
 
-    def stderr_tail(self) -> tuple[str, ...]:
-        lines = list(self.stderr_lines)
-        if self._stderr_partial.strip():
-            lines.append(self._stderr_partial.rsplit("\r", 1)[-1])
+    def output_tail(self) -> tuple[str, ...]:
+        """The last lines of the child's output (stdout and stderr together), a progress bar's last state each."""
+        lines = list(self.tail_lines)
+        if self._tail_partial.strip():
+            lines.append(self._tail_partial.rsplit("\r", 1)[-1])
         return tuple(lines)
 
     def take(self, name: str, text: str) -> None:
-        """One piece of the child's output: to the log, the screen and the stderr tail."""
+        """One piece of the child's output: to the log, the screen and the output's last lines."""
         assert self.log is not None and self.view is not None
         self.log.write(text, name)
         self.view.feed(text, name)
         self.seen = (self.seen + text)[-4096:]
-        if name == "stderr":
-            self.note_stderr(text)
+        self.note_tail(text)
 
 
 # -- the screen and the loop -----------------------------------------------------------------------
@@ -209,7 +210,13 @@ def status_text(sampler: Sampler | None, elapsed: float, state: _Run | None = No
     else:
         text = display.format_status(sampler.latest, sampler.peak_used(), elapsed)
     plan = state.budget if state is not None else None
-    if plan is not None:
+    if state is not None and state.reason in ("timeout", "interrupt") and state.stop_deadline is not None:
+        sent, then = {"int": ("SIGINT", "SIGTERM"), "term": ("SIGTERM", "SIGKILL")}.get(
+            state.stopping or "", ("SIGKILL", "")
+        )
+        left = display.format_duration(max(0.0, state.stop_deadline - elapsed))
+        text += f" · {sent} sent, {then} in {left}" if then else f" · {sent} sent"
+    elif plan is not None:
         if state is not None and state.term_sent is not None:
             text += f" · SIGTERM sent, SIGKILL in {display.format_duration(max(0.0, plan.kill_at - elapsed))}"
         else:
@@ -244,6 +251,7 @@ def pump(state: _Run) -> None:
         if stopping is None:
             tree.walk()  # a last look for descendants that left the group
         stopping, deadline = how, until
+        state.stopping, state.stop_deadline = how, until - started
         tree.signal(sig)
 
     while True:
@@ -288,6 +296,11 @@ def pump(state: _Run) -> None:
             if state.timeout is not None and stopping is None and now - started >= state.timeout:
                 state.reason = "timeout"
                 begin("int", signal.SIGINT, now + _group.INT_GRACE_S)
+                say(
+                    state,
+                    f"timeout of {_fmt(state.timeout)} reached: sent SIGINT; SIGTERM in {_fmt(_group.INT_GRACE_S)}, "
+                    f"then SIGKILL {_fmt(_group.TERM_GRACE_S)} later unless the script exits",
+                )
             plan = state.budget
             if plan is not None and stopping is None and exited_at is None and now - started >= plan.term_at:
                 state.reason = "budget"
@@ -300,7 +313,7 @@ def pump(state: _Run) -> None:
                 )
             if stopping is not None:
                 if not tree.members() and proc.poll() is not None:
-                    if eof >= 2 or now - (exited_at or now) >= PIPE_GRACE_S:
+                    if eof >= len(state.readers) or now - (exited_at or now) >= PIPE_GRACE_S:
                         return
                 elif now >= deadline:
                     if stopping == "int":
@@ -315,7 +328,7 @@ def pump(state: _Run) -> None:
                 continue
             if exited_at is not None:
                 leftovers = tree.members()
-                if eof >= 2 and not leftovers:
+                if eof >= len(state.readers) and not leftovers:
                     return
                 if now - exited_at >= PIPE_GRACE_S and leftovers:
                     # the script is done but left processes behind (workers, a server): end them, they may hold the GPU

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 from ._version import __version__
 
@@ -38,6 +42,51 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _as_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _stop_on_term_and_hup() -> Iterator[None]:
+    """SIGTERM and SIGHUP (``timeout``, a closed terminal) stop a run like Ctrl-C: SIGINT, SIGTERM, SIGKILL."""
+    saved: dict[int, Any] = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            saved[sig] = signal.signal(sig, _as_keyboard_interrupt)
+    except ValueError:  # not the main thread: signals stay as they are
+        pass
+    try:
+        yield
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """A ``ColabkitWarning`` shows as one line, ``colabkit: <message>``, not with its source line."""
+    import warnings
+
+    from .errors import ColabkitWarning
+
+    original = warnings.showwarning
+
+    def show(
+        message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
+    ) -> None:
+        if issubclass(category, ColabkitWarning):
+            print(f"colabkit: {message}", file=sys.stderr if file is None else file)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        if warnings.showwarning is show:
+            warnings.showwarning = original
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = _build_parser()
@@ -50,13 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import ColabkitError
 
     try:
-        return int(handler(args))
+        with (
+            _warnings_as_lines(),
+            _stop_on_term_and_hup() if args.command == "run" else contextlib.nullcontext(),
+        ):
+            return int(handler(args))
     except ColabkitError as exc:
         print(f"colabkit {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"colabkit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the last resort: one line, not a traceback
+        print(f"colabkit {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import html
+import os
 import shutil
 import sys
 from typing import Any, TextIO
@@ -78,8 +79,47 @@ def format_status(sample: Any, peak: int | None, elapsed_s: float) -> str:
     return " · ".join(parts)
 
 
-def _out() -> TextIO:
-    return sys.stdout
+class _NullScreen:
+    """Where screen output goes once the real screen is gone (a closed pipe: ``colabkit run x.py | head``)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+_NULL_SCREEN = _NullScreen()
+_lost: list[Any] = []  # screens that failed; kept (not just their ids) so an id cannot be reused
+
+
+def _out() -> Any:
+    out = sys.stdout
+    return _NULL_SCREEN if out is None or any(out is lost for lost in _lost) else out
+
+
+def _write(out: Any, text: str) -> None:
+    """Write and flush; a screen that fails (the reader of a pipe went away) is dropped, the run goes on."""
+    try:
+        out.write(text)
+        out.flush()
+    except (OSError, ValueError) as exc:  # BrokenPipeError, EIO, or a closed file
+        _lose(out, exc)
+
+
+def _lose(out: Any, exc: BaseException) -> None:
+    _lost.append(out)
+    if isinstance(exc, BrokenPipeError):
+        # what is still buffered would fail again at exit ("Exception ignored ... BrokenPipeError"):
+        # point the descriptor at /dev/null instead
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, out.fileno())
+            finally:
+                os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 def show(obj: Any) -> None:
@@ -108,19 +148,15 @@ def show_image(path: Any) -> None:
 
 def note(text: str) -> None:
     """One line for the user (stdout, so a notebook shows it without the red stderr block)."""
-    out = _out()
-    out.write(text + "\n")
-    out.flush()
+    _write(_out(), text + "\n")
 
 
 def frame(text: str, *, first: bool) -> None:
     """One frame of a live view (``colabkit watch``): redrawn in place on a terminal, appended otherwise."""
-    out = _out()
     if runtime.display_mode() == "terminal":
-        out.write(("" if first else "\x1b[H\x1b[J") + text + "\n")
+        _write(_out(), ("" if first else "\x1b[H\x1b[J") + text + "\n")
     else:
-        out.write(text + "\n\n")
-    out.flush()
+        _write(_out(), text + "\n\n")
 
 
 class StatusLine:
@@ -157,12 +193,12 @@ class StatusLine:
             self._handle.update(data, raw=True)
 
     def close(self, text: str | None = None) -> None:
-        """Show the final state (it stays on screen)."""
+        """Show the final state (it stays on screen); a pipe gets none, the run's summary follows there."""
         if text is not None:
             self.text = text
         if self.mode == "notebook" and self.text:
             self._notebook(self.text)
-        elif self.text:
+        elif self.mode == "terminal" and self.text:
             note(f"[colabkit] {self.text}")
 
 
@@ -242,7 +278,7 @@ class OutputView:
     def render(self, now: float, *, final: bool = False) -> None:
         """Draw what changed since the last render."""
         self._last_render = now
-        out = self.out or _out()
+        out = _out() if self.out is None or any(self.out is lost for lost in _lost) else self.out
         lines = list(self._lines)
         hidden = self._fed - len(lines)
         self._lines.clear()
@@ -280,5 +316,4 @@ class OutputView:
                 chunks.append("\n")
                 self._shown = 0
         if chunks:
-            out.write("".join(chunks))
-            out.flush()
+            _write(out, "".join(chunks))

@@ -171,7 +171,11 @@ class ScriptNotFound(ColabkitError, FileNotFoundError):
 
 
 class RunFailed(ColabkitError):
-    """The training child exited with a non-zero status."""
+    """The training child exited with a non-zero status.
+
+    ``stderr_tail`` holds the last lines of the child's output (stdout and stderr together, in the order
+    they were written); ``log_path`` the full log.
+    """
 
     def __init__(
         self,

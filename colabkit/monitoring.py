@@ -157,10 +157,10 @@ class Stats:
         top = self._top
         return top.util_p95 if top else None
 
-    def describe(self) -> str:
-        """One line: duration, peak/total, headroom, utilisation, child memory."""
+    def describe(self, *, duration: bool = True) -> str:
+        """One line: duration (unless ``duration=False``), peak/total, headroom, utilisation, child memory."""
         fb = display.format_bytes
-        parts = [f"duration={display.format_duration(self.duration_s)}"]
+        parts = [f"duration={display.format_duration(self.duration_s)}"] if duration else []
         if self.gpu_count == 0:
             parts.append("no GPU")
         else:
@@ -739,6 +739,19 @@ def _cli_configure_watch(parser: Any) -> None:
 def _cli_watch(args: Any) -> int:
     interval = max(MIN_INTERVAL, float(args.interval))
     source = _default_source()
+    try:
+        count = int(source.device_count())
+    except Exception:
+        count = 0
+    if count == 0:  # nothing to watch: say so once instead of every frame
+        from .errors import NoGpuError
+
+        raise NoGpuError(
+            "no NVIDIA GPU visible (NVML found none)",
+            "On Colab pick Runtime → Change runtime type → T4 GPU → Save; elsewhere check that "
+            "`nvidia-smi` lists a GPU",
+            reason="no GPU",
+        )
     stop = threading.Event()
     n = 0
     while args.count is None or n < args.count:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -44,7 +45,9 @@ class RunResult:
     child's own ``torch.cuda.max_memory_allocated()`` on its busiest GPU (``None`` without torch/CUDA).
     ``attribution`` says how ``stats.child_peak_gpu_bytes`` was found: ``"pid"``, ``"new-pids"`` or ``"baseline"``.
     ``args`` are the script's arguments as recorded, with secret-looking values (``--api-key``,
-    ``--token=``) shown as ``***``; the script itself got the real ones.
+    ``--token=``) shown as ``***``; the script itself got the real ones. ``stderr_tail`` holds the last
+    lines of the child's output (stdout and stderr share one pipe, so they stay in order), as does
+    ``RunFailed.stderr_tail``.
 
     Examples:
         >>> r = colabkit.run("train.py", "--epochs", "1")
@@ -138,7 +141,7 @@ class RunResult:
         status = _describe_returncode(self.returncode)
         raise RunFailed(
             f"{self.script} exited with {status}"
-            + (f"; last lines of stderr:\n{tail}" if tail else " and wrote nothing to stderr"),
+            + (f"; last lines of its output:\n{tail}" if tail else " and wrote no output"),
             f"Fix the error shown above and run again; the full output is in {self.log_path}",
             **common,
         )
@@ -150,7 +153,7 @@ class RunResult:
             f"{self.script} {self.status} ({_describe_returncode(self.returncode)}) in {display.format_duration(self.duration_s)}"
         ]
         if self.stats is not None:
-            lines.append(self.stats.describe())
+            lines.append(self.stats.describe(duration=False))  # the first line has it
         if self.resumed_from is not None:
             lines.append(f"resumed from {self.resumed_from}")
         if self.reason == "budget":
@@ -234,15 +237,32 @@ def _project_dir() -> Path | None:
 
 
 def _new_run_dir(root: Path, stem: str) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}"
-    for n in range(1, 1000):
-        candidate = root / (base if n == 1 else f"{base}-{n}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
+    """A new, empty run folder ``<root>/<YYYYmmdd-HHMMSS>-<stem>`` (``-2``, ``-3``... if taken).
+
+    Raises:
+        ColabkitError: ``root`` cannot be written (a read-only project folder); the hint names ``log_dir``.
+    """
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{re.sub(r'[^A-Za-z0-9._-]', '_', stem)}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            candidate = root / (base if n == 1 else f"{base}-{n}")
+            try:
+                candidate.mkdir()
+                return candidate
+            except FileExistsError:
+                continue
+    except FileExistsError as exc:  # root itself is a file
+        raise ColabkitError(
+            f"cannot create a run folder in {root}: {exc.filename} is a file",
+            "Pass log_dir= a folder (on the command line: colabkit run --log-dir /content/runs ...)",
+        ) from exc
+    except OSError as exc:
+        raise ColabkitError(
+            f"cannot create a run folder in {root}: {exc.strerror or exc}",
+            "Pass log_dir= a writable folder, e.g. run(..., log_dir='/content/runs') "
+            "(on the command line: colabkit run --log-dir /content/runs ...)",
+        ) from exc
     raise ColabkitError(f"could not create a run folder in {root}", f"Remove old run folders from {root}")
 
 
@@ -331,7 +351,8 @@ def run(
         check: raise ``RunFailed`` when the run does not finish with exit status 0.
         timeout: seconds after which the child is stopped (SIGINT, SIGTERM, SIGKILL).
         release: give the Colab runtime back when the run ends, whatever the outcome (``colabkit.release()``).
-        raw: run ``python SCRIPT`` without colabkit's bootstrap (no torch peak report).
+        raw: run ``python SCRIPT`` without colabkit's bootstrap: no torch peak report, and no watchdog,
+            so if this process dies (SIGKILL, a kernel restart) the script's processes keep running.
         kill_stale: end processes left alive by earlier runs of this project before starting.
         resume: hand the newest checkpoint in ``checkpoint_dir`` to the script (``COLABKIT_RESUME``);
             with none there the script starts fresh and ``COLABKIT_RESUME`` is unset.
@@ -421,7 +442,8 @@ def _resolve_script(script: str | os.PathLike[str], workdir: Path) -> Path:
     raise ScriptNotFound(
         f"script not found: {full}",
         f"Check the name and the folder: {workdir} holds {listing}. Open the project first "
-        "(colabkit.project('NAME')) or pass cwd= or an absolute path.",
+        "(colabkit.project('NAME')) or pass cwd= or an absolute path; on the command line, "
+        "cd into the project folder or give the script's full path (colabkit run /path/to/train.py).",
         path=full,
     )
 
@@ -539,7 +561,7 @@ def _run(
             env=child_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # one pipe: the log and the screen keep the order they were written in
             start_new_session=True,
         )
     except OSError as exc:
@@ -560,7 +582,7 @@ def _run(
         if sampler is not None:
             sampler.watch(proc.pid)
             sampler.start()
-        state.readers = _stream.start_readers(proc, state.queue)
+        state.readers = _stream.start_reader(proc, state.queue)
         state.view = display.OutputView()
         state.status = display.StatusLine(state.view.mode)
         _stream.pump(state)
@@ -600,7 +622,7 @@ def _finish(state: _Run, report_path: Path, resumed_from: Path | None) -> RunRes
     else:
         run_status = "finished" if rc == 0 else "failed"
     log.close(trailer)
-    tail = state.stderr_tail()
+    tail = state.output_tail()
     oom_framework = oom.detect("\n".join(tail)) if run_status == "failed" else None
     plan = state.budget
     result = RunResult(
@@ -747,12 +769,36 @@ def _cli_configure_run(parser: Any) -> None:
     )
 
 
+# run()'s keyword arguments in a hint, as the command line spells them
+_CLI_WORDS = (
+    ("Pass a larger timeout= (or timeout=None) to run()", "Pass a larger --timeout (or none)"),
+    ("pass a larger budget=", "pass a larger --budget"),
+    ("within grace=", "within --grace "),
+)
+
+
+def _cli_explain(result: RunResult) -> None:
+    """Why the run did not finish, with the fix, on stderr (the output itself is already on screen)."""
+    try:
+        result.check()
+    except RunFailed as exc:
+        message = exc.message
+        if exc.stderr_tail and message.endswith("\n" + exc.stderr_tail):
+            message = message[: -len(exc.stderr_tail) - 1]
+        message = message.removesuffix("; last lines of its output:")
+        hint = exc.hint or ""
+        for api, cli in _CLI_WORDS:
+            hint = hint.replace(api, cli)
+        print(f"colabkit run: {message}" + (f"\nHINT: {hint}" if hint else ""), file=sys.stderr)
+
+
 def _cli_run(args: Any) -> int:
     try:
         result = _cli_start(args)
     except ValueError as exc:  # a bad --budget, --grace, --interval or --resume-arg
         print(f"colabkit run: {exc}", file=sys.stderr)
         return 2
+    _cli_explain(result)
     rc = result.returncode
     if rc is None:
         return 1

@@ -36,10 +36,19 @@ print(json.dumps({
 def both(
     script: Path, *args: str, cwd: Path, env: dict[str, str] | None = None
 ) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
-    """Run ``python SCRIPT ARGS`` and ``python -m colabkit._child SCRIPT ARGS`` the same way."""
+    """Run ``python SCRIPT ARGS`` and ``python -m colabkit._child SCRIPT ARGS`` the same way.
+
+    Each leads its own process group, as under ``run()``, so the bootstrap's watchdog thread runs.
+    """
     rel = str(script.relative_to(cwd)) if script.is_relative_to(cwd) else str(script)
     plain = subprocess.run(
-        [sys.executable, rel, *args], cwd=cwd, capture_output=True, text=True, timeout=60, env=env
+        [sys.executable, rel, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        start_new_session=True,
     )
     boot = subprocess.run(
         [sys.executable, "-m", "colabkit._child", rel, *args],
@@ -48,6 +57,7 @@ def both(
         text=True,
         timeout=60,
         env=env,
+        start_new_session=True,
     )
     return plain, boot
 
@@ -244,3 +254,15 @@ def test_multiprocessing_spawn_finds_functions_defined_in_the_script(proj):
     plain, boot = both(script, cwd=proj)
     assert (boot.returncode, boot.stdout, boot.stderr) == (plain.returncode, plain.stdout, plain.stderr)
     assert boot.stdout == "[1, 4, 9]\n"
+
+
+def test_the_watchdog_is_the_one_extra_thread_and_runs_only_as_a_group_leader(proj):
+    script = proj / "threads.py"
+    script.write_text("import threading\nprint(sorted((t.name, t.daemon) for t in threading.enumerate()))\n")
+    plain, boot = both(script, cwd=proj)
+    assert plain.stdout == "[('MainThread', False)]\n"
+    assert boot.stdout == "[('MainThread', False), ('colabkit-watchdog', True)]\n"
+    same_group = subprocess.run(
+        [sys.executable, "-m", "colabkit._child", str(script)], capture_output=True, text=True, timeout=60
+    )
+    assert same_group.stdout == plain.stdout  # not leading its own group: the watchdog could end ours

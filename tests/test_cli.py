@@ -48,7 +48,7 @@ def test_info_without_gpu(machine):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == f"colabkit {colabkit.__version__} info"
-    assert lines[1] == "  runtime  terminal, up 1h02m"
+    assert lines[1] == "  runtime  terminal"
     assert lines[2].startswith(f"  python   {sys.version_info.major}.{sys.version_info.minor}.")
     assert lines[3] == "  gpu      none: No NVIDIA GPU found (NVML library libnvidia-ml.so.1 not found)."
     assert lines[4].startswith("  ram      ") and " available of " in lines[4]
@@ -106,3 +106,18 @@ def test_doctor_passes_with_a_gpu(machine, tmp_path):
         in info.stdout.splitlines()
     )
     assert "  cuda     driver supports CUDA 12.4" in info.stdout.splitlines()
+
+
+@NO_DRIVER
+def test_demo_without_gpu_warns_in_one_line_and_says_the_duration_once(machine):
+    out = colabkit_cmd("demo", "--epochs", "1", "--steps", "5", env=machine)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        "colabkit: no NVIDIA GPU found: going on on the CPU (gpu='prefer'). "
+        "On Colab pick Runtime → Change runtime type → T4 GPU → Save, then run again."
+    ]
+    lines = out.stdout.splitlines()
+    assert not [line for line in lines if line.startswith("[colabkit] ")]  # no final status line on a pipe
+    (first,) = [i for i, line in enumerate(lines) if line.startswith("train.py finished (exit status 0) in ")]
+    assert lines[first + 1].startswith("RAM peak ") or lines[first + 1].startswith("no GPU")
+    assert "duration=" not in out.stdout

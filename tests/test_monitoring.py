@@ -370,7 +370,20 @@ def test_watch_frame_lists_gpus_and_processes():
 def test_watch_cli_without_gpu(capsys, monkeypatch):
     monkeypatch.setattr(monitoring, "_default_source", monitoring._NoGpu)
     monkeypatch.setattr(monitoring, "_gpu_processes", list)
+    assert cli.main(["watch", "-n", "0.05"]) == 1  # no --count: it must not loop
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "colabkit watch: no NVIDIA GPU visible (NVML found none)",
+        "HINT: On Colab pick Runtime → Change runtime type → T4 GPU → Save; elsewhere check that "
+        "`nvidia-smi` lists a GPU",
+    ]
+
+
+def test_watch_cli_with_a_gpu_draws_count_frames(capsys, monkeypatch):
+    src = ScriptedNvml([[(reading(3, util=87, temp=64, power=71.6), [])]])
+    monkeypatch.setattr(monitoring, "_default_source", lambda: src)
+    monkeypatch.setattr(monitoring, "_gpu_processes", list)
     assert cli.main(["watch", "-n", "0.05", "--count", "2"]) == 0
     out = capsys.readouterr().out
-    assert out.count("no NVIDIA GPU visible (NVML found none)") == 2
-    assert out.count("RAM: ") == 2
+    assert out.count("GPU 0: 3.0 GiB / 16.0 GiB  util 87%  64°C  72 W") == 2

