@@ -95,21 +95,28 @@ def _default_root() -> Path:
 # ---------------------------------------------------------------------------- manifests
 
 
-def _walk(folder: Path) -> list[_Entry]:
-    """Every file and folder under ``folder`` (symlinks and special files skipped), sorted."""
-    entries: list[_Entry] = []
+def _scan(folder: Path) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Every entry under ``folder`` with its POSIX relative path; links are not followed."""
     stack = [(folder, "")]
     while stack:
         here, prefix = stack.pop()
         with os.scandir(here) as it:
             for item in it:
                 rel = f"{prefix}{item.name}"
-                st = item.stat(follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    entries.append(_Entry(rel, -1, st.st_mtime_ns))
+                yield rel, item
+                if item.is_dir(follow_symlinks=False):
                     stack.append((Path(item.path), rel + "/"))
-                elif stat.S_ISREG(st.st_mode):
-                    entries.append(_Entry(rel, st.st_size, st.st_mtime_ns))
+
+
+def _walk(folder: Path) -> list[_Entry]:
+    """Every file and folder under ``folder`` (symlinks and special files skipped), sorted."""
+    entries: list[_Entry] = []
+    for rel, item in _scan(folder):
+        st = item.stat(follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            entries.append(_Entry(rel, -1, st.st_mtime_ns))
+        elif stat.S_ISREG(st.st_mode):
+            entries.append(_Entry(rel, st.st_size, st.st_mtime_ns))
     entries.sort(key=lambda e: e.rel)
     return entries
 
@@ -503,20 +510,7 @@ def _clear_leftovers(dest: Path) -> None:
 
 def _listing(folder: Path) -> list[str]:
     """Every entry under ``folder`` as a POSIX relative path, folders with a trailing ``/``; links not followed."""
-    out: list[str] = []
-    stack = [(folder, "")]
-    while stack:
-        here, prefix = stack.pop()
-        with os.scandir(here) as it:
-            for item in it:
-                rel = f"{prefix}{item.name}"
-                if item.is_dir(follow_symlinks=False):
-                    out.append(rel + "/")
-                    stack.append((Path(item.path), rel + "/"))
-                else:
-                    out.append(rel)
-    out.sort()
-    return out
+    return sorted(rel + "/" if item.is_dir(follow_symlinks=False) else rel for rel, item in _scan(folder))
 
 
 def _unknown_entries(target: Path) -> list[str]:
