@@ -5,12 +5,14 @@ On top, at exit it reports the framework's own memory peaks (``torch.cuda.max_me
 when the script imported torch and initialised CUDA: this module never imports torch itself.
 
 A daemon thread named ``colabkit-watchdog`` ends the run's process group if the process that started
-it dies (SIGKILL, a kernel restart, a closed terminal): it records the parent's pid at start and, once
-the parent changes, starts a small helper outside the group that sends the group SIGTERM, then
-SIGKILL ``WATCHDOG_GRACE_S`` (or ``$COLABKIT_WATCHDOG_GRACE``) seconds later, so nothing is left holding the GPU. It uses no
-``prctl(PR_SET_PDEATHSIG)``, which fires when the parent *thread* exits (``run()`` may be called from a
-thread). The thread is the one visible difference from ``python SCRIPT``: ``threading.enumerate()``
-lists it (and on Python 3.12+ a direct ``os.fork()`` in the script warns about a multi-threaded process).
+it dies (SIGKILL, a kernel restart, a closed terminal): it records the parent's pid at start (or, when
+the launcher named by ``$COLABKIT_CHILD_LAUNCHER`` died before that, the launcher's) and, once the
+parent changes, starts a small helper outside the group that sends the group SIGTERM, then SIGKILL
+``WATCHDOG_GRACE_S`` (or ``$COLABKIT_WATCHDOG_GRACE``) seconds later, so nothing is left holding the
+GPU. It uses no ``prctl(PR_SET_PDEATHSIG)``, which fires when the parent *thread* exits (``run()`` may
+be called from a thread). The thread is the one visible difference from ``python SCRIPT``:
+``threading.enumerate()`` lists it (and on Python 3.12+ a direct ``os.fork()`` in the script warns
+about a multi-threaded process).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import types
 
 __all__ = [
     "GRACE_ENV",
+    "LAUNCHER_ENV",
     "REPORT_ENV",
     "WATCHDOG_GRACE_S",
     "WATCHDOG_POLL_S",
@@ -37,6 +40,7 @@ __all__ = [
 
 REPORT_ENV = "COLABKIT_CHILD_REPORT"
 GRACE_ENV = "COLABKIT_WATCHDOG_GRACE"  # seconds, to change WATCHDOG_GRACE_S for one run
+LAUNCHER_ENV = "COLABKIT_CHILD_LAUNCHER"  # the pid of the process that started the child (run() sets it)
 WATCHDOG_POLL_S = 0.5  # how often the watchdog looks at the parent's pid
 WATCHDOG_GRACE_S = 5.0  # after the parent died: SIGTERM to the group, SIGKILL this much later
 
@@ -87,10 +91,35 @@ def _watch(parent: int, poll: float, grace: float) -> None:
     _end_group(os.getpgid(0), grace)
 
 
-def start_watchdog(poll: float = WATCHDOG_POLL_S, grace: float = WATCHDOG_GRACE_S) -> threading.Thread:
-    """Start the daemon thread that ends this process group once the parent process is gone."""
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie (dead, not yet reaped by its parent) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):  # no /proc: trust kill()
+        return True
+    return state not in (b"Z", b"X")
+
+
+def start_watchdog(
+    poll: float = WATCHDOG_POLL_S, grace: float = WATCHDOG_GRACE_S, launcher: int | None = None
+) -> threading.Thread:
+    """Start the daemon thread that ends this process group once the parent process is gone.
+
+    ``launcher`` is the pid of the process that started this one: if it is already dead (it died while
+    this interpreter was starting, so the parent seen now is the one that adopted it), the group ends at once.
+    """
+    parent = os.getppid()
+    if launcher is not None and parent != launcher and not _alive(launcher):
+        parent = launcher
     thread = threading.Thread(
-        target=_watch, args=(os.getppid(), poll, grace), name="colabkit-watchdog", daemon=True
+        target=_watch, args=(parent, poll, grace), name="colabkit-watchdog", daemon=True
     )
     thread.start()
     return thread
@@ -163,11 +192,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"{sys.executable}: can't open file {path!r}: [Errno {exc.errno}] {exc.strerror}\n")
         sys.exit(2)
     grace = os.environ.pop(GRACE_ENV, None)
+    launcher_text = os.environ.pop(LAUNCHER_ENV, "")
+    launcher = int(launcher_text) if launcher_text.isdigit() else None
     if os.getpgid(0) == os.getpid():  # only as the leader of its own group (as run() starts it)
         try:
-            start_watchdog(grace=float(grace) if grace else WATCHDOG_GRACE_S)
+            start_watchdog(grace=float(grace) if grace else WATCHDOG_GRACE_S, launcher=launcher)
         except ValueError:
-            start_watchdog()
+            start_watchdog(launcher=launcher)
     sys.argv = argv
     sys.path[0] = os.path.dirname(path)
     module = types.ModuleType("__main__")

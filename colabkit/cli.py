@@ -48,10 +48,15 @@ def _as_keyboard_interrupt(signum: int, frame: Any) -> None:
 
 @contextlib.contextmanager
 def _stop_on_term_and_hup() -> Iterator[None]:
-    """SIGTERM and SIGHUP (``timeout``, a closed terminal) stop a run like Ctrl-C: SIGINT, SIGTERM, SIGKILL."""
+    """SIGTERM and SIGHUP (``timeout``, a closed terminal) stop a run like Ctrl-C: SIGINT, SIGTERM, SIGKILL.
+
+    A signal that is ignored (``nohup colabkit run ...``) stays ignored.
+    """
     saved: dict[int, Any] = {}
     try:
         for sig in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) is signal.SIG_IGN:
+                continue
             saved[sig] = signal.signal(sig, _as_keyboard_interrupt)
     except ValueError:  # not the main thread: signals stay as they are
         pass

@@ -519,6 +519,8 @@ def _run(
     if not raw:
         cmd += ["-m", "colabkit._child"]
         child_env["COLABKIT_CHILD_REPORT"] = str(report_path)
+        # the watchdog then notices if this process dies before it starts looking
+        child_env["COLABKIT_CHILD_LAUNCHER"] = str(os.getpid())
     cmd += [str(script), *args]
 
     import subprocess

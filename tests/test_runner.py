@@ -905,6 +905,94 @@ def test_sigkill_of_the_launcher_ends_the_childs_group(proj, stubborn):
             _group.signal_group(pgid, signal.SIGKILL)
 
 
+def test_a_launcher_that_dies_while_the_child_starts_still_ends_the_childs_group(proj):
+    """The launcher is gone before the child's watchdog looks at its parent (a kernel restart right at the start)."""
+    from conftest import child_env
+
+    script(proj, "forever.py", FOREVER)
+    code = (
+        "import os, subprocess, colabkit\n"
+        "class Dying(subprocess.Popen):\n"
+        "    def __init__(self, cmd, *a, **k):\n"
+        "        super().__init__(cmd, *a, **k)\n"
+        "        if 'colabkit._child' in cmd:\n"
+        "            os._exit(0)\n"
+        "subprocess.Popen = Dying\n"
+        "colabkit.run('forever.py', monitor=False, check=False)\n"
+    )
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=proj,
+        env=child_env(COLABKIT_WATCHDOG_GRACE="1.5"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pgid = None
+    try:
+        # gone right after starting the child; left unreaped (a zombie) until the end, as a busy parent may
+        assert os.waitid(os.P_PID, launcher.pid, os.WEXITED | os.WNOWAIT).si_status == 0
+        deadline = time.monotonic() + 20
+        while not (proj / "child.pid").exists():
+            assert time.monotonic() < deadline, "the child did not start"
+            time.sleep(0.02)
+        pgid = int((proj / "child.pid").read_text())
+        wait_group_gone(pgid, timeout=8.0)
+        assert launcher.wait(timeout=5) == 0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        if pgid is not None:
+            _group.signal_group(pgid, signal.SIGKILL)
+
+
+def test_colabkit_run_under_nohup_keeps_sighup_ignored(proj):
+    from conftest import child_env
+
+    script(
+        proj,
+        "waits.py",
+        """
+        import os, time
+        with open("child.pid.tmp", "w") as fh:
+            fh.write(str(os.getpid()))
+        os.replace("child.pid.tmp", "child.pid")
+        while not os.path.exists("go"):
+            time.sleep(0.02)
+        print("done")
+        """,
+    )
+    cmd = subprocess.Popen(
+        ["nohup", sys.executable, "-m", "colabkit", "run", "--no-monitor", "waits.py"],
+        cwd=proj,
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pgid = None
+    try:
+        pgid = int(wait_for_file(proj / "child.pid", cmd))
+        status = Path(f"/proc/{cmd.pid}/status").read_text()
+        ignored = int(re.search(r"^SigIgn:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
+        assert ignored & (1 << (signal.SIGHUP - 1)), "colabkit run took over the SIGHUP that nohup ignores"
+        cmd.send_signal(signal.SIGHUP)  # the terminal closed
+        (proj / "go").touch()
+        out, err = cmd.communicate(timeout=15)
+        assert cmd.returncode == 0, out + err
+        assert "done" in out
+        summary = json.loads((only_run_dir(proj) / "summary.json").read_text())
+        assert (summary["status"], summary["reason"]) == ("finished", None)
+    finally:
+        if cmd.poll() is None:
+            cmd.kill()
+            cmd.communicate()
+        if pgid is not None:
+            _group.signal_group(pgid, signal.SIGKILL)
+
+
 def test_sigterm_to_colabkit_run_stops_the_run_and_its_group(proj):
     from conftest import child_env
 
