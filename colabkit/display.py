@@ -21,6 +21,7 @@ __all__ = [
     "StatusLine",
     "format_bytes",
     "format_duration",
+    "format_gib",
     "format_status",
     "note",
     "show",
@@ -45,6 +46,11 @@ def format_bytes(n: int | float | None) -> str:
             return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} GiB"  # pragma: no cover
+
+
+def format_gib(n: int | float | None) -> str:
+    """``None`` → ``n/a``, ``16106127360`` → ``15.0 GiB`` (always GiB, for columns that line up)."""
+    return "n/a" if n is None else f"{n / 1024**3:.1f} GiB"
 
 
 def na(value: Any, unit: str = "") -> str:

@@ -23,6 +23,7 @@ from html import escape
 from typing import Any, NamedTuple
 
 from . import runtime
+from .display import format_gib
 from .errors import CudaMismatchError, GpuError, NoGpuError
 
 __all__ = [
@@ -136,10 +137,6 @@ _NO_GPU = frozenset({"NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded"})
 # --- records ---------------------------------------------------------------------------------------
 
 
-def _gib(value: int | None) -> str:
-    return "n/a" if value is None else f"{value / GIB:.1f} GiB"
-
-
 def _na(value: object) -> str:
     return "n/a" if value is None else str(value)
 
@@ -169,7 +166,7 @@ class GpuInfo:
         """One line, e.g. ``0: Tesla T4, 15.0 GiB (0.3 GiB used), driver 550.54.15, CUDA 12.4, sm 7.5``."""
         cc = "n/a" if self.compute_capability is None else "{}.{}".format(*self.compute_capability)
         return (
-            f"{self.index}: {self.name}, {_gib(self.memory_total)} ({_gib(self.memory_used)} used), "
+            f"{self.index}: {self.name}, {format_gib(self.memory_total)} ({format_gib(self.memory_used)} used), "
             f"driver {_na(self.driver_version)}, CUDA {_na(self.cuda_driver_version)}, sm {cc}"
         )
 
@@ -200,11 +197,11 @@ class GpuProcess:
     command: str | None
 
     def __repr__(self) -> str:
-        return f"GpuProcess(gpu={self.gpu_index}, pid={self.pid}, used={_gib(self.used_bytes)}, command={_na(self.command)!r})"
+        return f"GpuProcess(gpu={self.gpu_index}, pid={self.pid}, used={format_gib(self.used_bytes)}, command={_na(self.command)!r})"
 
     def _repr_html_(self) -> str:
         return (
-            f"<code>GPU {self.gpu_index}: pid {self.pid}, {escape(_gib(self.used_bytes))}, "
+            f"<code>GPU {self.gpu_index}: pid {self.pid}, {escape(format_gib(self.used_bytes))}, "
             f"{escape(_na(self.command))}</code>"
         )
 
@@ -521,7 +518,7 @@ def require_gpu(
     if min_memory_gib is not None:
         big = [g for g in fits if g.memory_total is not None and g.memory_total >= min_memory_gib * GIB]
         if not big:
-            have = ", ".join(f"{g.name} ({_gib(g.memory_total)})" for g in fits)
+            have = ", ".join(f"{g.name} ({format_gib(g.memory_total)})" for g in fits)
             raise NoGpuError(
                 f"No GPU with at least {min_memory_gib:g} GiB of memory (min_memory_gib={min_memory_gib!r}): found {have}.",
                 "Lower min_memory_gib (and the batch size), or choose a larger GPU in Runtime → Change runtime type "

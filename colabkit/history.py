@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from . import _procs, drive, projects, runtime
+from .display import format_gib
 from .errors import MountError, ProjectNotFound
 from .runtime import format_duration
 
@@ -59,9 +60,9 @@ class RunInfo:
         if self.peak_gpu_bytes is None:
             peak = "n/a"
         elif self.gpu_total_bytes:
-            peak = f"{_gib(self.peak_gpu_bytes)} / {_gib(self.gpu_total_bytes)}"
+            peak = f"{format_gib(self.peak_gpu_bytes)} / {format_gib(self.gpu_total_bytes)}"
         else:
-            peak = _gib(self.peak_gpu_bytes)
+            peak = format_gib(self.peak_gpu_bytes)
         return self.name, self.status, started, duration, peak
 
     def __repr__(self) -> str:
@@ -132,10 +133,6 @@ class RunList(Sequence[RunInfo]):
         )
         caption = f"<caption>runs in <code>{html.escape(str(self.folder))}</code></caption>"
         return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"
 
 
 def _parse_time(value: Any) -> datetime | None:

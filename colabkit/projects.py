@@ -167,13 +167,6 @@ def project(
 # -- requirements ----------------------------------------------------------------------------------
 
 
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
 def _installed(names: tuple[str, ...]) -> dict[str, str]:
     found = {}
     for name in names:
@@ -252,7 +245,7 @@ def _install(path: Path, keep_preinstalled: bool) -> tuple[str, tuple[str, ...]]
     key = {
         "sha256": hashlib.sha256(req.read_bytes()).hexdigest(),
         "python": sys.executable,
-        "boot_id": _boot_id(),
+        "boot_id": runtime.boot_id(),
         "pinned": pinned,
     }
     stamps = _StampFolder(path)

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import gpu, runtime
 from ._version import __version__
+from .display import format_gib
 from .errors import ColabkitError
 
 __all__ = ["Check", "Doctor", "Info", "doctor", "info"]
@@ -39,10 +40,6 @@ _OOB_STORY = (
     'blocked the out-of-band OAuth flow ("Error 401: invalid_client", "The out-of-band (OOB) flow has '
     'been blocked").'
 )
-
-
-def _gib(value: int | None) -> str:
-    return "n/a" if value is None else f"{value / GIB:.1f} GiB"
 
 
 def _sys_path(rel: str) -> Path:
@@ -101,9 +98,9 @@ class Info:
             rows += [(f"gpu {g.index}", g.describe().split(": ", 1)[1]) for g in self.gpus]
         else:
             rows.append(("gpu", f"none: {self.gpu_problem}" if self.gpu_problem else "none"))
-        rows.append(("ram", f"{_gib(self.ram_available)} available of {_gib(self.ram_total)}"))
+        rows.append(("ram", f"{format_gib(self.ram_available)} available of {format_gib(self.ram_total)}"))
         rows.append(
-            ("disk", f"{_gib(self.disk_free)} free of {_gib(self.disk_total)} at {self.disk_path or 'n/a'}")
+            ("disk", f"{format_gib(self.disk_free)} free of {format_gib(self.disk_total)} at {self.disk_path or 'n/a'}")
         )
         rows.append(("drive", self.drive or "not mounted"))
         rows.append(("torch", self.torch or "not installed"))
@@ -378,7 +375,7 @@ def _check_drive(ctx: _Context) -> Check:
 def _check_disk(ctx: _Context) -> Check:
     path = _local_disk()
     usage = shutil.disk_usage(path)
-    detail = f"{_gib(usage.free)} free of {_gib(usage.total)} at {path}"
+    detail = f"{format_gib(usage.free)} free of {format_gib(usage.total)} at {path}"
     fix = (
         "free space: remove data you no longer need and pip/model caches "
         "(`du -sh ~/.cache/* | sort -h`, then `rm -rf` what you can rebuild)"
@@ -400,7 +397,7 @@ def _check_gpu_processes(ctx: _Context) -> Check:
     parts = []
     for p in procs:
         who = "this process" if p.pid == me else (p.command or "command not visible here")
-        parts.append(f"pid {p.pid} on gpu {p.gpu_index} holds {_gib(p.used_bytes)}: {who}")
+        parts.append(f"pid {p.pid} on gpu {p.gpu_index} holds {format_gib(p.used_bytes)}: {who}")
     return Check(
         "gpu processes",
         "warn",

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import display, runtime
 from ._version import __version__
+from .display import format_gib
 from .errors import ColabkitWarning, GpuError, MountError, ReleaseError
 
 if TYPE_CHECKING:
@@ -23,11 +24,6 @@ __all__ = ["Session", "release", "setup"]
 
 GPU_MODES = ("require", "prefer", False)
 MOUNT_MODES = ("auto", "drive", "ocamlfuse", "local", False)
-_GIB = 1024**3
-
-
-def _gib(value: int | None) -> str:
-    return "n/a" if value is None else f"{value / _GIB:.1f} GiB"
 
 
 @dataclass(frozen=True)
@@ -53,13 +49,13 @@ class Session:
             extra = ", ".join(
                 x
                 for x in (
-                    f"{_gib(g.memory_free)} free" if g.memory_free is not None else "",
+                    f"{format_gib(g.memory_free)} free" if g.memory_free is not None else "",
                     f"driver {g.driver_version}" if g.driver_version else "",
                     f"CUDA {g.cuda_driver_version}" if g.cuda_driver_version else "",
                 )
                 if x
             )
-            rows.append(("GPU", f"{g.name}, {_gib(g.memory_total)}" + (f" ({extra})" if extra else "")))
+            rows.append(("GPU", f"{g.name}, {format_gib(g.memory_total)}" + (f" ({extra})" if extra else "")))
         elif self.gpu_mode is False:
             rows.append(("GPU", "not checked (gpu=False)"))
         else:
