@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from colabkit import gpu
-from colabkit.monitoring import Sampler
+from colabkit import _gpu
+from colabkit._monitor import Sampler
 
 
 def cpu_per_call(fn, n: int) -> float:
@@ -111,7 +111,7 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
-    source = gpu.source()
+    source = _gpu.source()
     count = source.device_count()
     us = 1e6
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, GPUs visible to NVML: {count}")

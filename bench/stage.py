@@ -130,17 +130,17 @@ def _timed(fn) -> float:
 
 
 def measure(label: str, mnt: Path, work: Path) -> None:
-    from colabkit import staging
+    from colabkit import _stage
 
     src = mnt / "ds"
-    for leftover in (src.with_name("ds" + staging.ARCHIVE_SUFFIX), src.with_name("ds" + staging.INDEX_SUFFIX)):
+    for leftover in (src.with_name("ds" + _stage.ARCHIVE_SUFFIX), src.with_name("ds" + _stage.INDEX_SUFFIX)):
         leftover.unlink(missing_ok=True)
     out = work / f"out-{label}"
     out.mkdir()
     t_cp = _timed(lambda: subprocess.run(["cp", "-r", str(src), str(out / "cp")], check=True))
-    t_first = _timed(lambda: staging.stage(src, out / "first", progress=False))
-    t_stage = _timed(lambda: staging.stage(src, out / "staged", progress=False))
-    t_noop = _timed(lambda: staging.stage(src, out / "staged", progress=False))
+    t_first = _timed(lambda: _stage.stage(src, out / "first", progress=False))
+    t_stage = _timed(lambda: _stage.stage(src, out / "staged", progress=False))
+    t_noop = _timed(lambda: _stage.stage(src, out / "staged", progress=False))
     n = sum(1 for _ in (out / "staged").rglob("*.bin"))
     print(f"{label:8s} cp -r {t_cp:7.2f} s | stage first (packs) {t_first:7.2f} s | "
           f"stage, archive exists {t_stage:6.2f} s | no-op {t_noop * 1000:6.1f} ms | "

@@ -1,10 +1,10 @@
-"""A run's output: the reader thread, ``output.log``, the screen, and the loop that moves output between them.
+"""A run's output: the reader thread, ``output.log``, the screen and the last lines, and moving text between them.
 
 The child's stdout and stderr share one pipe, so their order is the order the child wrote them in (as
-``python SCRIPT 2>&1`` shows it); one reader thread puts the text on a queue. ``pump()`` runs on the calling
-thread (a notebook cell's own thread, which is the only one Colab renders from), writes the log,
-draws the throttled output and the status line, and on timeout, budget or KeyboardInterrupt ends
-the run's processes step by step (``_group``'s SIGINT, SIGTERM, SIGKILL) while output keeps flowing.
+``python SCRIPT 2>&1`` shows it); one reader thread puts the text on a queue and ``Output.pump()``,
+called by the run's loop on the caller's thread (a notebook cell's own thread, the only one Colab
+renders from), moves it to the log, the screen and the tail. This module knows nothing of timeouts,
+budgets or signals: that is the run's policy, in ``_run``.
 """
 
 from __future__ import annotations
@@ -13,46 +13,28 @@ import codecs
 import collections
 import os
 import queue
-import signal
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import _group, display
-from ._budget import fmt as _fmt
+from . import _display
 
-if TYPE_CHECKING:
-    from .monitoring import Sampler
-    from .runner import _Run
+__all__ = ["LOG_FLUSH_S", "Log", "Output", "drive_lost"]
 
-__all__ = [
-    "LOG_FLUSH_S",
-    "PIPE_GRACE_S",
-    "Log",
-    "Output",
-    "close_pipes",
-    "drain",
-    "drive_lost",
-    "join_readers",
-    "pump",
-    "reader",
-    "say",
-    "start_reader",
-    "status_text",
-]
-
-PIPE_GRACE_S = 1.0  # after the child exits, how long its leftovers may keep the pipes open
 LOG_FLUSH_S = 1.0  # a disconnect loses at most this much of output.log
-_DRAIN_MAX = 256  # queue items handled between two screen checks
-
-# Called by the run loop on every turn with the live _Run (tests raise KeyboardInterrupt from it).
-_loop_hook: Callable[[Any], None] | None = None
+_DRAIN_MAX = 256  # queue items handled between two looks at the clock
+_HELD_MAX = 65536  # a line without an end is written to the log once it is this long
 
 
-# -- reading ---------------------------------------------------------------------------------------
-def reader(stream: Any, name: str, q: queue.Queue[tuple[str, str | None]]) -> None:
+def drive_lost(what: str, exc: OSError, goes_on: str) -> None:
+    """Say once that a file on Drive cannot be written any more, and what goes on without it."""
+    _display.note(
+        f"colabkit: cannot write {what} on Drive any more: {exc}; {goes_on} continues here, "
+        "remount with colabkit.mount(force=True)"
+    )
+
+
+def _read(stream: Any, name: str, q: queue.Queue[tuple[str, str | None]]) -> None:
     """Put a pipe's text on ``q`` as ``(name, text)``, decoded as UTF-8, then ``(name, None)`` at its end."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     fd = stream.fileno()
@@ -71,49 +53,6 @@ def reader(stream: Any, name: str, q: queue.Queue[tuple[str, str | None]]) -> No
         pass
     finally:
         q.put((name, None))
-
-
-def start_reader(proc: Any, q: queue.Queue[tuple[str, str | None]]) -> list[threading.Thread]:
-    """The started daemon reader thread of the child's output pipe (stdout and stderr together), in a list."""
-    thread = threading.Thread(
-        target=reader, args=(proc.stdout, "output", q), name="colabkit-reader", daemon=True
-    )
-    thread.start()
-    return [thread]
-
-
-def join_readers(readers: list[threading.Thread]) -> None:
-    for t in readers:
-        t.join(timeout=_group.KILL_WAIT_S)
-
-
-def drain(state: Output) -> None:
-    """Take what is still on the queue (a reader can only outlive its join if something outside the group holds the pipe)."""
-    while True:
-        try:
-            name, text = state.queue.get_nowait()
-        except queue.Empty:
-            break
-        if text:
-            state.take(name, text)
-
-
-def close_pipes(proc: Any) -> None:
-    for stream in (proc.stdout, proc.stderr):
-        try:
-            if stream is not None:
-                stream.close()
-        except OSError:
-            pass
-
-
-# -- the log ---------------------------------------------------------------------------------------
-def drive_lost(what: str, exc: OSError, goes_on: str) -> None:
-    """Say once that a file on Drive cannot be written any more, and what goes on without it."""
-    display.note(
-        f"colabkit: cannot write {what} on Drive any more: {exc}; {goes_on} continues here, "
-        "remount with colabkit.mount(force=True)"
-    )
 
 
 class Log:
@@ -144,7 +83,7 @@ class Log:
     def write(self, text: str, stream: str = "stdout") -> None:
         text = self._held.pop(stream, "") + text
         cut = max(text.rfind("\n"), text.rfind("\r")) + 1
-        if len(text) - cut > 65536:  # a very long line without an end: do not hold it forever
+        if len(text) - cut > _HELD_MAX:  # a very long line without an end: do not hold it forever
             cut = len(text)
         if cut:
             self._call("write", text[:cut])
@@ -164,189 +103,102 @@ class Log:
         self._fh = None
 
 
-class Output:
-    """The output side of a run's live state: queue and reader, log, screen, and the output's last lines."""
+class _Tail:
+    """The last lines of the output, a progress bar's last state each (for ``RunFailed`` and the OOM check)."""
 
-    def __init__(self) -> None:
-        self.queue: queue.Queue[tuple[str, str | None]] = queue.Queue()
-        self.readers: list[threading.Thread] = []
-        self.log: Log | None = None
-        self.view: display.OutputView | None = None
-        self.status: display.StatusLine | None = None
-        self.seen = ""  # the last few KB of output, for hooks and tests
-        self.tail_lines: collections.deque[str] = collections.deque(maxlen=200)
-        self._tail_partial = ""
-        self.csv_noted = False
-        self.stopping: str | None = None  # "int" | "term" | "kill" once colabkit is ending the run
-        self.stop_deadline: float | None = None  # seconds after the start when the next signal is due
+    def __init__(self, lines: int = 200) -> None:
+        self._lines: collections.deque[str] = collections.deque(maxlen=lines)
+        self._partial = ""
+        self.seen = ""  # the last few KB of output as written
 
-    def note_tail(self, text: str) -> None:
-        pieces = (self._tail_partial + text).split("\n")
-        self._tail_partial = pieces.pop()[-4096:]
+    def add(self, text: str) -> None:
+        self.seen = (self.seen + text)[-4096:]
+        pieces = (self._partial + text).split("\n")
+        self._partial = pieces.pop()[-4096:]
         for line in pieces:
-            self.tail_lines.append(line.rsplit("\r", 1)[-1] if line.rstrip("\r") else line)
+            self._lines.append(line.rsplit("\r", 1)[-1] if line.rstrip("\r") else line)
 
-    def output_tail(self) -> tuple[str, ...]:
-        """The last lines of the child's output (stdout and stderr together), a progress bar's last state each."""
-        lines = list(self.tail_lines)
-        if self._tail_partial.strip():
-            lines.append(self._tail_partial.rsplit("\r", 1)[-1])
+    def lines(self) -> tuple[str, ...]:
+        lines = list(self._lines)
+        if self._partial.strip():
+            lines.append(self._partial.rsplit("\r", 1)[-1])
         return tuple(lines)
 
-    def take(self, name: str, text: str) -> None:
-        """One piece of the child's output: to the log, the screen and the output's last lines."""
-        assert self.log is not None and self.view is not None
+
+class Output:
+    """The child's output on its way to ``output.log``, the screen (an ``OutputView``) and the tail."""
+
+    def __init__(self, log: Log, view: _display.OutputView) -> None:
+        self.log = log
+        self.view = view
+        self._tail = _Tail()
+        self._queue: queue.Queue[tuple[str, str | None]] = queue.Queue()
+        self._readers: list[threading.Thread] = []
+        self._eof = 0
+        self._last_flush = float("-inf")
+
+    @property
+    def seen(self) -> str:
+        """The last few KB of output (what a test or a hook waits for)."""
+        return self._tail.seen
+
+    def tail(self) -> tuple[str, ...]:
+        """The last lines of the child's output (stdout and stderr together), a progress bar's last state each."""
+        return self._tail.lines()
+
+    def start(self, pipe: Any) -> None:
+        """Read ``pipe`` (the child's stdout and stderr together) on a daemon thread."""
+        thread = threading.Thread(target=_read, args=(pipe, "output", self._queue), name="colabkit-reader", daemon=True)
+        thread.start()
+        self._readers.append(thread)
+
+    @property
+    def ended(self) -> bool:
+        """Whether every pipe reached its end (nothing left in the child's tree holds it)."""
+        return self._eof >= len(self._readers)
+
+    def _take(self, name: str, text: str) -> None:
         self.log.write(text, name)
         self.view.feed(text, name)
-        self.seen = (self.seen + text)[-4096:]
-        self.note_tail(text)
+        self._tail.add(text)
 
-
-# -- the screen and the loop -----------------------------------------------------------------------
-def status_text(sampler: Sampler | None, elapsed: float, state: _Run | None = None) -> str:
-    """The status line: GPU memory and time, and with a budget the time left or the SIGKILL countdown."""
-    if sampler is None:
-        text = display.format_duration(elapsed)
-    else:
-        text = display.format_status(sampler.latest, sampler.peak_used(), elapsed)
-    plan = state.budget if state is not None else None
-    if state is not None and state.reason in ("timeout", "interrupt") and state.stop_deadline is not None:
-        sent, then = {"int": ("SIGINT", "SIGTERM"), "term": ("SIGTERM", "SIGKILL")}.get(
-            state.stopping or "", ("SIGKILL", "")
-        )
-        left = display.format_duration(max(0.0, state.stop_deadline - elapsed))
-        text += f" · {sent} sent, {then} in {left}" if then else f" · {sent} sent"
-    elif plan is not None:
-        if state is not None and state.term_sent is not None:
-            text += f" · SIGTERM sent, SIGKILL in {display.format_duration(max(0.0, plan.kill_at - elapsed))}"
-        else:
-            text += f" · {display.format_duration(max(0.0, plan.kill_at - elapsed))} left"
-    return text
-
-
-def say(state: _Run, message: str) -> None:
-    """A line from colabkit, to the log and the screen."""
-    assert state.log is not None
-    state.log.write(f"\n[colabkit] {message}\n", "colabkit")
-    display.note(f"colabkit: {message}")
-
-
-def pump(state: _Run) -> None:
-    """Move output from the queue to the log and the screen until the child and its pipes are done.
-
-    Ends the child's processes on timeout, budget or KeyboardInterrupt (SIGINT, SIGTERM, SIGKILL) and
-    the leftovers of a script that exited; returns once none is left.
-    """
-    proc, tree, sampler, view, status = state.proc, state.tree, state.sampler, state.view, state.status
-    assert tree is not None and view is not None and status is not None and state.log is not None
-    started = state.started
-    eof = 0
-    last_flush = started
-    exited_at: float | None = None
-    stopping: str | None = None  # None | "int" | "term" | "kill"
-    deadline = 0.0
-
-    def begin(how: str, sig: int, until: float) -> None:
-        nonlocal stopping, deadline
-        if stopping is None:
-            tree.walk()  # a last look for descendants that left the group
-        stopping, deadline = how, until
-        state.stopping, state.stop_deadline = how, until - started
-        tree.signal(sig)
-
-    while True:
+    def pump(self, wait_s: float, now: float) -> None:
+        """Move what arrived (waiting up to ``wait_s`` for the first piece) to the log, the screen and the tail."""
         try:
+            item: tuple[str, str | None] | None = self._queue.get(timeout=wait_s)
+        except queue.Empty:
+            item = None
+        n = 0
+        while item is not None:
+            name, text = item
+            if text is None:
+                self._eof += 1
+            else:
+                self._take(name, text)
+            n += 1
+            if n >= _DRAIN_MAX:
+                break
             try:
-                item: tuple[str, str | None] | None = state.queue.get(timeout=0.05)
+                item = self._queue.get_nowait()
             except queue.Empty:
                 item = None
-            n = 0
-            while item is not None:
-                name, text = item
-                if text is None:
-                    eof += 1
-                else:
-                    state.take(name, text)
-                n += 1
-                if n >= _DRAIN_MAX:
-                    break
-                try:
-                    item = state.queue.get_nowait()
-                except queue.Empty:
-                    item = None
-            now = time.monotonic()
-            if _loop_hook is not None:
-                _loop_hook(state)
-            if now - last_flush >= LOG_FLUSH_S:
-                state.log.flush()
-                last_flush = now
-            if sampler is not None and sampler.csv_error is not None and not state.csv_noted:
-                state.csv_noted = True
-                drive_lost("metrics.csv", sampler.csv_error, "the monitor")
-            if view.due(now):
-                text = status_text(sampler, now - started, state)
-                view.status = text
-                if status.mode != "terminal":
-                    status.update(text, now)
-                view.render(now)
-            if proc.poll() is not None and exited_at is None:
-                exited_at = now
-            elif exited_at is None:
-                tree.walk(now)
-            if state.timeout is not None and stopping is None and now - started >= state.timeout:
-                state.reason = "timeout"
-                begin("int", signal.SIGINT, now + _group.INT_GRACE_S)
-                say(
-                    state,
-                    f"timeout of {_fmt(state.timeout)} reached: sent SIGINT; SIGTERM in {_fmt(_group.INT_GRACE_S)}, "
-                    f"then SIGKILL {_fmt(_group.TERM_GRACE_S)} later unless the script exits",
-                )
-            plan = state.budget
-            if plan is not None and stopping is None and exited_at is None and now - started >= plan.term_at:
-                state.reason = "budget"
-                state.term_sent = now - started
-                begin("term", signal.SIGTERM, started + plan.kill_at)
-                say(
-                    state,
-                    f"budget of {_fmt(plan.budget)}: sent SIGTERM after {display.format_duration(now - started)}; "
-                    f"SIGKILL in {_fmt(round(plan.kill_at - (now - started), 1))} unless the script exits",
-                )
-            if stopping is not None:
-                if not tree.members() and proc.poll() is not None:
-                    if eof >= len(state.readers) or now - (exited_at or now) >= PIPE_GRACE_S:
-                        return
-                elif now >= deadline:
-                    if stopping == "int":
-                        begin("term", signal.SIGTERM, now + _group.TERM_GRACE_S)
-                    elif stopping == "term":
-                        begin("kill", signal.SIGKILL, now + _group.KILL_WAIT_S)
-                        if state.reason == "budget" and state.budget is not None:
-                            say(state, f"budget of {_fmt(state.budget.budget)} is over: sent SIGKILL")
-                    else:
-                        display.note(f"colabkit: processes of the run survive SIGKILL: {tree.members()}")
-                        return
-                continue
-            if exited_at is not None:
-                leftovers = tree.members()
-                if eof >= len(state.readers) and not leftovers:
-                    return
-                if now - exited_at >= PIPE_GRACE_S and leftovers:
-                    # the script is done but left processes behind (workers, a server): end them, they may hold the GPU
-                    state.log.write(
-                        f"\n[colabkit] ending {len(leftovers)} leftover process(es) of the run: {leftovers}\n",
-                        "colabkit",
-                    )
-                    begin("term", signal.SIGTERM, now + _group.TERM_GRACE_S)
-                elif now - exited_at >= PIPE_GRACE_S + _group.KILL_WAIT_S:
-                    return  # the pipes are held outside the group; the readers are daemon threads
-        except KeyboardInterrupt:
-            now = time.monotonic()
-            if stopping is None:
-                state.reason = "interrupt"
-                begin("int", signal.SIGINT, now + _group.INT_GRACE_S)
-                display.note("colabkit: interrupted; stopping the run (press Stop again to kill it at once)")
-            else:
-                state.user_interrupt = True
-                if state.reason == "budget":
-                    state.reason = "interrupt"
-                begin("kill", signal.SIGKILL, now + _group.KILL_WAIT_S)
+        if now - self._last_flush >= LOG_FLUSH_S:
+            self.log.flush()
+            self._last_flush = now
+
+    def say(self, message: str) -> None:
+        """A line from colabkit, to the log and the screen."""
+        self.log.write(f"\n[colabkit] {message}\n", "colabkit")
+        _display.note(f"colabkit: {message}")
+
+    def finish(self, join_s: float) -> None:
+        """After the child's processes are gone: let the readers end, take what they read, close the pipes' reading side."""
+        for thread in self._readers:
+            thread.join(timeout=join_s)
+        while True:  # a reader only outlives its join if something outside the tree holds the pipe
+            try:
+                name, text = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if text:
+                self._take(name, text)

@@ -1,30 +1,249 @@
-"""The ``colabkit`` command: ``info``, ``doctor``, ``run``, ``watch``, ``mount``, ``runs``, ``demo``."""
+"""The ``colabkit`` command (``python -m colabkit``): every subcommand's options, handler and output, in one module.
+
+Building the parser imports nothing but the standard library; each handler imports what it needs.
+Errors are said once, as the command line spells them (``--timeout``, not ``timeout=``: see
+``ColabkitError.render``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import signal
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._version import __version__
 
 __all__ = ["main"]
 
-# command -> (module, help). The module defines ``_cli_configure_<command>(parser)`` and
-# ``_cli_<command>(args) -> int``; modules import only the standard library at top, so building the
-# parser stays light.
-_COMMANDS: dict[str, tuple[str, str]] = {
-    "info": ("report", "show the runtime, GPUs, memory, disk and Drive in one report"),
-    "doctor": ("report", "check the setup; exit status 1 when a check fails"),
-    "mount": ("drive", "mount Google Drive (or the local stand-in) and print where"),
-    "run": ("runner", "run a training script with live output and a GPU memory monitor"),
-    "watch": ("monitoring", "live GPU view with per-process memory, like nvidia-smi -l"),
-    "runs": ("history", "list the project's runs with status, duration and peak GPU memory"),
-    "demo": ("demo", "create a sample project in the local Drive stand-in and train it"),
+_Handler = Callable[[argparse.Namespace], int]
+
+
+# -- info, doctor ----------------------------------------------------------------------------------
+def _info(args: argparse.Namespace) -> int:
+    from ._report import info
+
+    print(info())
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from ._report import doctor
+
+    result = doctor()
+    print(result)
+    return 0 if result.ok else 1
+
+
+# -- mount -----------------------------------------------------------------------------------------
+def _configure_mount(parser: argparse.ArgumentParser) -> None:
+    methods = ("auto", "drive", "ocamlfuse", "local")
+    parser.add_argument("--method", choices=methods, default="auto", help="default: drive on Colab, else local")
+    parser.add_argument("--mountpoint", help="where to mount (default depends on the method)")
+    parser.add_argument("--readonly", action="store_true", help="mount read-only")
+    parser.add_argument("--force", action="store_true", help="remount even if already mounted")
+    parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for Drive (default 120)")
+    parser.add_argument("--service-account", help="ocamlfuse: service account key file")
+    parser.add_argument("--state-dir", help="ocamlfuse: pre-authorized ~/.gdfuse/<label>/ folder to copy")
+    parser.add_argument("--client-id", help="ocamlfuse: your own OAuth client id (-headless sign-in)")
+    parser.add_argument("--label", help="ocamlfuse: account label (default 'default')")
+
+
+def _mount(args: argparse.Namespace) -> int:
+    from ._display import note
+    from ._drive import mount
+
+    m = mount(
+        args.method,
+        args.mountpoint,
+        readonly=args.readonly,
+        force=args.force,
+        timeout=args.timeout,
+        service_account=args.service_account,
+        state_dir=args.state_dir,
+        client_id=args.client_id,
+        label=args.label,
+    )
+    note(f"mounted: {m.describe()}")
+    return 0
+
+
+# -- run -------------------------------------------------------------------------------------------
+def _configure_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("script", help="the Python script to run")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between GPU samples (default 1)")
+    parser.add_argument("--log-dir", default="runs", help="folder for run folders (default runs)")
+    parser.add_argument("--timeout", type=float, default=None, help="stop the script after this many seconds")
+    parser.add_argument("--no-monitor", action="store_true", help="do not sample the GPU")
+    parser.add_argument("--raw", action="store_true", help="run python SCRIPT without colabkit's bootstrap")
+    parser.add_argument("--kill-stale", action="store_true", help="end processes left alive by earlier runs first")
+    parser.add_argument(
+        "--resume", action="store_true", help="hand the newest checkpoint to the script ($COLABKIT_RESUME)"
+    )
+    parser.add_argument(
+        "--resume-arg", default=None, metavar="TEMPLATE", help="also pass it as arguments, e.g. '--resume {path}'"
+    )
+    parser.add_argument(
+        "--checkpoint-dir", default="checkpoints", help="the script's checkpoint folder (default checkpoints)"
+    )
+    parser.add_argument(
+        "--budget", default=None, help="stop the script after this long: 2h, 90m, 45s, 1h30m or seconds"
+    )
+    parser.add_argument(
+        "--grace", default=None, help="seconds between SIGTERM and SIGKILL at the end of the budget (default 60)"
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ._run import execute
+    from ._spec import RunSpec
+
+    try:
+        spec = RunSpec.build(
+            args.script,
+            args.args,
+            monitor=not args.no_monitor,
+            interval=args.interval,
+            log_dir=args.log_dir,
+            timeout=args.timeout,
+            raw=args.raw,
+            kill_stale=args.kill_stale,
+            resume=args.resume,
+            resume_arg=args.resume_arg,
+            checkpoint_dir=args.checkpoint_dir,
+            budget=args.budget,
+            grace=args.grace,
+            check=False,
+        )
+    except ValueError as exc:  # a bad --budget, --grace, --interval or --resume-arg
+        print(f"colabkit run: {exc}", file=sys.stderr)
+        return 2
+    result = execute(spec)
+    if not result.ok:  # the output itself is on screen already: say why it did not finish, and the fix
+        print(f"colabkit run: {result.error().render('cli')}", file=sys.stderr)
+    rc = result.returncode
+    if rc is None:
+        return 1
+    return 128 - rc if rc < 0 else rc
+
+
+# -- watch -----------------------------------------------------------------------------------------
+def _configure_watch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-n", "--interval", type=float, default=2.0, metavar="SECONDS", help="seconds between updates (default 2)"
+    )
+    parser.add_argument("--count", type=int, default=None, metavar="N", help="stop after N updates")
+
+
+def _watch_frame(source: Any, processes: list[Any], ram: Any) -> str:
+    """One frame of ``colabkit watch``: each GPU's memory, utilisation, temperature and power, its processes, RAM."""
+    from ._format import format_bytes as fb
+    from ._format import na
+
+    lines = [time.strftime("%H:%M:%S")]
+    try:
+        count = int(source.device_count())
+    except Exception:
+        count = 0
+    for i in range(count):
+        try:
+            r = source.read(i)
+            used, total, util, temp, power = r.used, r.total, r.util, r.temp, r.power_w
+        except Exception:
+            used = total = util = temp = power = None
+        lines.append(
+            f"GPU {i}: {fb(used)} / {fb(total)}  util {na(util, '%')}  "
+            f"{na(temp, '°C')}  {na(power if power is None else round(power), ' W')}"
+        )
+        for proc in processes:
+            if proc.gpu_index == i:
+                lines.append(f"  pid {proc.pid:>7}  {fb(proc.used_bytes):>10}  {(proc.command or '')[:60]}")
+    if ram is not None:
+        lines.append(f"RAM: {fb(ram.total - ram.available)} / {fb(ram.total)}")
+    return "\n".join(lines)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from . import _display, _gpu, _procs
+    from ._monitor import MIN_INTERVAL, default_source
+    from ._nvml import no_gpu_error
+
+    interval = max(MIN_INTERVAL, float(args.interval))
+    source = default_source()
+    try:
+        count = int(source.device_count())
+    except Exception:
+        count = 0
+    if count == 0:  # nothing to watch: say so once instead of every frame
+        raise no_gpu_error("NVML found none")
+    stop = threading.Event()
+    n = 0
+    while args.count is None or n < args.count:
+        try:
+            processes = _gpu.gpu_processes()
+        except Exception:  # a lost GPU: the frame says n/a
+            processes = []
+        try:
+            ram = _procs.host_memory()
+        except Exception:
+            ram = None
+        _display.frame(_watch_frame(source, processes, ram), first=n == 0)
+        n += 1
+        if args.count is not None and n >= args.count:
+            break
+        stop.wait(interval)
+    return 0
+
+
+# -- runs, demo ------------------------------------------------------------------------------------
+def _configure_runs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "project",
+        nargs="?",
+        default=None,
+        metavar="PROJECT",
+        help="project folder or name on Drive (default: the current directory)",
+    )
+    parser.add_argument("--log-dir", default="runs", help="runs folder inside the project (default: runs)")
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from ._history import runs
+
+    print(runs(args.project, log_dir=args.log_dir).table())
+    return 0
+
+
+def _configure_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, default=3, help="epochs to train (default 3)")
+    parser.add_argument("--steps", type=int, default=200, help="steps per epoch (default 200)")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ._demo import demo
+
+    result = demo(epochs=args.epochs, steps=args.steps)
+    return int(result.returncode or 0)
+
+
+def _no_options(parser: argparse.ArgumentParser) -> None:
+    """A command that takes no options."""
+
+
+# command -> (help, configure the parser, handler)
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], _Handler]] = {
+    "info": ("show the runtime, GPUs, memory, disk and Drive in one report", _no_options, _info),
+    "doctor": ("check the setup; exit status 1 when a check fails", _no_options, _doctor),
+    "mount": ("mount Google Drive (or the local stand-in) and print where", _configure_mount, _mount),
+    "run": ("run a training script with live output and a GPU memory monitor", _configure_run, _run),
+    "watch": ("live GPU view with per-process memory, like nvidia-smi -l", _configure_watch, _watch),
+    "runs": ("list the project's runs with status, duration and peak GPU memory", _configure_runs, _runs),
+    "demo": ("create a sample project in the local Drive stand-in and train it", _configure_demo, _demo),
 }
 
 
@@ -35,9 +254,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"colabkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in _COMMANDS.items():
-        module = importlib.import_module(f"colabkit.{module_name}")
-        configure = getattr(module, f"_cli_configure_{name}")
+    for name, (help_text, configure, _) in _COMMANDS.items():
         configure(sub.add_parser(name, help=help_text, description=help_text))
     return parser
 
@@ -76,9 +293,7 @@ def _warnings_as_lines() -> Iterator[None]:
 
     original = warnings.showwarning
 
-    def show(
-        message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
-    ) -> None:
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
         if issubclass(category, ColabkitWarning):
             print(f"colabkit: {message}", file=sys.stderr if file is None else file)
         else:
@@ -99,8 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module_name = _COMMANDS[args.command][0]
-    handler = getattr(importlib.import_module(f"colabkit.{module_name}"), f"_cli_{args.command}")
+    handler = _COMMANDS[args.command][2]
     from .errors import ColabkitError
 
     try:
@@ -110,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             return int(handler(args))
     except ColabkitError as exc:
-        print(f"colabkit {args.command}: {exc}", file=sys.stderr)
+        print(f"colabkit {args.command}: {exc.render('cli')}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"colabkit {args.command}: interrupted", file=sys.stderr)

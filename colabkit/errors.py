@@ -12,16 +12,23 @@ Class tree::
     ├── StageError(ColabkitError, OSError)   data could not be staged to local disk
     ├── CheckpointError(ColabkitError, OSError)  a checkpoint could not be written or read
     ├── ScriptNotFound(ColabkitError, FileNotFoundError)  run() was given a script that does not exist
-    ├── RunFailed(ColabkitError)             the training child exited non-zero
-    │   └── CudaOutOfMemory(RunFailed)       ... and it ran out of GPU memory
+    ├── RunFailed(ColabkitError)             the training child did not finish
+    │   └── CudaOutOfMemory(RunFailed)       ... because it ran out of GPU memory
     └── ReleaseError(ColabkitError)          the runtime could not be given back
 
     ColabkitWarning(UserWarning)             colabkit can go on, but you should know
+
+An error is said to two audiences: a Python caller (``timeout=``, ``colabkit.mount(force=True)``) and a
+person at the ``colabkit`` command (``--timeout``, ``colabkit mount --force``). Each error builds both
+spellings where they differ (``cli_message``, ``cli_hint``); :meth:`ColabkitError.render` picks one.
+Nothing outside this module edits an error's text after the fact.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from ._format import format_span
 
 __all__ = [
     "CheckpointError",
@@ -40,14 +47,51 @@ __all__ = [
     "StageError",
 ]
 
+API, CLI = "api", "cli"  # the two surfaces an error is said on
+RESTART = "restart the runtime (Colab: Runtime → Restart session) or the Python process"
+
+
+def _restore(cls: type[ColabkitError], state: dict[str, object]) -> ColabkitError:
+    """Rebuild a pickled error with every field (``Exception``'s default pickling keeps only ``args``)."""
+    exc = cls.__new__(cls)
+    exc.__dict__.update(state)
+    Exception.__init__(exc, state.get("message", ""))
+    return exc
+
 
 class ColabkitError(Exception):
-    """Base class: ``message`` says what went wrong, ``hint`` says what to do about it."""
+    """Base class: ``message`` says what went wrong, ``hint`` says what to do about it.
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    ``cli_message`` and ``cli_hint`` are the same for the ``colabkit`` command, where they differ.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        cli_message: str | None = None,
+        cli_hint: str | None = None,
+    ) -> None:
         self.message = message
         self.hint = hint
-        super().__init__(message if not hint else f"{message}\nHINT: {hint}")
+        self.cli_message = cli_message
+        self.cli_hint = cli_hint
+        Exception.__init__(self, message)
+
+    def render(self, surface: str = API) -> str:
+        """The message and, on its own line, the fix: as Python callers (``"api"``) or the command line (``"cli"``) spell it."""
+        message, hint = self.message, self.hint
+        if surface == CLI:
+            message = self.cli_message if self.cli_message is not None else message
+            hint = self.cli_hint if self.cli_hint is not None else hint
+        return message if not hint else f"{message}\nHINT: {hint}"
+
+    def __str__(self) -> str:
+        return self.render(API)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_restore, (type(self), dict(self.__dict__)))
 
 
 class ColabkitWarning(UserWarning):
@@ -67,6 +111,42 @@ class NoGpuError(GpuError, RuntimeError):
         self.runtime = runtime
         self.reason = reason
         super().__init__(message, hint)
+
+    @classmethod
+    def for_runtime(cls, reason: str, kind: str, *, tpu: bool = False) -> NoGpuError:
+        """The error for "no GPU here", said for the runtime ``kind`` (``"colab"``, ``"kaggle"``, ...) with its fix."""
+        if kind == "colab" and tpu:
+            message = f"This is a Colab TPU runtime: it has no NVIDIA GPU ({reason})."
+        elif kind == "colab":
+            message = f"No NVIDIA GPU on this Colab runtime ({reason})."
+        elif kind == "kaggle":
+            message = f"No NVIDIA GPU in this Kaggle notebook ({reason})."
+        elif tpu:
+            message = f"This is a TPU runtime: it has no NVIDIA GPU ({reason})."
+        else:
+            message = f"No NVIDIA GPU found ({reason})."
+        return cls(message, no_gpu_fix(kind, tpu=tpu), runtime=kind, reason=reason)
+
+
+def no_gpu_fix(kind: str, *, tpu: bool = False) -> str:
+    """How to get a GPU on the runtime ``kind``: the one text every "no GPU" message ends with."""
+    if kind == "colab":
+        return (
+            "In the Colab menu choose Runtime → Change runtime type → T4 GPU → Save, then re-run the notebook "
+            'from the top (the new runtime starts empty). If Colab answers "Cannot connect to GPU backend", '
+            "you have reached Colab's GPU usage limits: wait a few hours and try again, or use Colab Pro."
+        )
+    if kind == "kaggle":
+        return (
+            "In the notebook editor open Settings → Accelerator → GPU T4 x2 (GPUs need a phone-verified "
+            "Kaggle account: Settings → Phone verification), then re-run the cell."
+        )
+    if tpu:
+        return "Start a runtime or machine with an NVIDIA GPU instead of a TPU."
+    return (
+        "Install the NVIDIA driver for this machine's GPU and check that `nvidia-smi` lists it; "
+        "in a container, start it with GPU access (docker run --gpus all ...)."
+    )
 
 
 class CudaMismatchError(GpuError):
@@ -98,11 +178,12 @@ class MountError(ColabkitError, OSError):
         mountpoint: str | Path | None = None,
         method: str | None = None,
         reason: str | None = None,
+        cli_hint: str | None = None,
     ) -> None:
         self.mountpoint = str(mountpoint) if mountpoint is not None else None
         self.method = method
         self.reason = reason  # short code, e.g. "timeout", "credentials", "not_empty", "not_colab", "dead"
-        ColabkitError.__init__(self, message, hint)
+        ColabkitError.__init__(self, message, hint, cli_hint=cli_hint)
 
     def __str__(self) -> str:  # OSError would otherwise print its args tuple
         return ColabkitError.__str__(self)
@@ -118,10 +199,11 @@ class ProjectNotFound(ColabkitError, FileNotFoundError):
         *,
         path: str | Path | None = None,
         candidates: tuple[str, ...] = (),
+        cli_hint: str | None = None,
     ) -> None:
         self.path = str(path) if path is not None else None
         self.candidates = tuple(candidates)
-        ColabkitError.__init__(self, message, hint)
+        ColabkitError.__init__(self, message, hint, cli_hint=cli_hint)
 
     def __str__(self) -> str:
         return ColabkitError.__str__(self)
@@ -130,7 +212,9 @@ class ProjectNotFound(ColabkitError, FileNotFoundError):
 class InstallError(ColabkitError):
     """``pip install -r requirements.txt`` failed; ``output_tail`` holds pip's last lines."""
 
-    def __init__(self, message: str, hint: str | None = None, *, returncode: int | None = None, output_tail: str = "") -> None:
+    def __init__(
+        self, message: str, hint: str | None = None, *, returncode: int | None = None, output_tail: str = ""
+    ) -> None:
         self.returncode = returncode
         self.output_tail = output_tail
         super().__init__(message, hint)
@@ -139,7 +223,9 @@ class InstallError(ColabkitError):
 class StageError(ColabkitError, OSError):
     """Data could not be staged from Drive to local disk."""
 
-    def __init__(self, message: str, hint: str | None = None, *, needed_bytes: int | None = None, free_bytes: int | None = None) -> None:
+    def __init__(
+        self, message: str, hint: str | None = None, *, needed_bytes: int | None = None, free_bytes: int | None = None
+    ) -> None:
         self.needed_bytes = needed_bytes
         self.free_bytes = free_bytes
         ColabkitError.__init__(self, message, hint)
@@ -162,19 +248,21 @@ class CheckpointError(ColabkitError, OSError):
 class ScriptNotFound(ColabkitError, FileNotFoundError):
     """The script given to ``run()`` does not exist at ``path``."""
 
-    def __init__(self, message: str, hint: str | None = None, *, path: str | Path | None = None) -> None:
+    def __init__(
+        self, message: str, hint: str | None = None, *, path: str | Path | None = None, cli_hint: str | None = None
+    ) -> None:
         self.path = str(path) if path is not None else None
-        ColabkitError.__init__(self, message, hint)
+        ColabkitError.__init__(self, message, hint, cli_hint=cli_hint)
 
     def __str__(self) -> str:
         return ColabkitError.__str__(self)
 
 
 class RunFailed(ColabkitError):
-    """The training child exited with a non-zero status.
+    """The training child did not finish: it exited non-zero, or colabkit stopped it (timeout, budget, Stop).
 
     ``stderr_tail`` holds the last lines of the child's output (stdout and stderr together, in the order
-    they were written); ``log_path`` the full log.
+    they were written); ``log_path`` the full log; ``result`` the ``RunResult``.
     """
 
     def __init__(
@@ -186,12 +274,78 @@ class RunFailed(ColabkitError):
         stderr_tail: str = "",
         log_path: str | Path | None = None,
         result: object | None = None,
+        cli_message: str | None = None,
+        cli_hint: str | None = None,
     ) -> None:
         self.returncode = returncode
         self.stderr_tail = stderr_tail
         self.log_path = str(log_path) if log_path is not None else None
         self.result = result
-        super().__init__(message, hint)
+        super().__init__(message, hint, cli_message=cli_message, cli_hint=cli_hint)
+
+    @classmethod
+    def exited(
+        cls, script: str, ending: str, *, tail: str, log_path: str | Path, **facts: object
+    ) -> RunFailed:
+        """The script exited non-zero (``ending`` says how: ``exit status 1``, ``signal SIGKILL``)."""
+        said = f"; last lines of its output:\n{tail}" if tail else " and wrote no output"
+        return cls(
+            f"{script} exited with {ending}{said}",
+            f"Fix the error shown above and run again; the full output is in {log_path}",
+            cli_message=f"{script} exited with {ending}" + ("" if tail else " and wrote no output"),
+            stderr_tail=tail,
+            log_path=log_path,
+            **facts,  # type: ignore[arg-type]
+        )
+
+    @classmethod
+    def stopped(
+        cls,
+        script: str,
+        duration: str,
+        *,
+        by: str,
+        log_path: str | Path,
+        tail: str = "",
+        timeout: float | None = None,
+        budget: float | None = None,
+        grace: float | None = None,
+        vm_limit: bool = False,
+        ending: str = "",
+        **facts: object,
+    ) -> RunFailed:
+        """colabkit stopped the script: ``by`` is ``"timeout"``, ``"interrupt"`` or ``"budget"``."""
+        if by == "budget":
+            limit_api = f"budget={format_span(budget)}" if budget is not None else "its budget"
+            limit_cli = f"--budget {format_span(budget)}" if budget is not None else "its budget"
+            if vm_limit:
+                limit_api = f"the Colab VM's ~12 h limit (before {limit_api})"
+                limit_cli = f"the Colab VM's ~12 h limit (before {limit_cli})"
+            head = f"{script} was stopped by {{}} after {duration} ({ending})"
+            fix = (
+                "Catch SIGTERM in the script, save a checkpoint and exit 0 within {} (see docs/long-runs.md), "
+                "or pass a larger {}; the output so far is in " + str(log_path)
+            )
+            message, cli_message = head.format(limit_api), head.format(limit_cli)
+            hint = fix.format(f"grace={format_span(grace)}", "budget=")
+            cli_hint = fix.format(f"--grace {format_span(grace)}", "--budget")
+        elif by == "timeout" and timeout is not None:
+            message = f"{script} was stopped by timeout={format_span(timeout)} after {duration}"
+            cli_message = f"{script} was stopped by --timeout {format_span(timeout)} after {duration}"
+            hint = f"Pass a larger timeout= (or timeout=None) to run(); the output so far is in {log_path}"
+            cli_hint = f"Pass a larger --timeout (or none); the output so far is in {log_path}"
+        else:
+            message = cli_message = f"{script} was stopped by an interrupt after {duration}"
+            hint = cli_hint = f"Run it again when you are ready; the output so far is in {log_path}"
+        return cls(
+            message,
+            hint,
+            cli_message=cli_message,
+            cli_hint=cli_hint,
+            stderr_tail=tail,
+            log_path=log_path,
+            **facts,  # type: ignore[arg-type]
+        )
 
 
 class CudaOutOfMemory(RunFailed):

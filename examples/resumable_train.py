@@ -26,7 +26,6 @@ import sys
 import time
 
 import colabkit
-from colabkit.checkpoint import load
 
 stop_requested = False
 
@@ -50,7 +49,7 @@ def main() -> int:
     state = {"step": 0, "loss_history": []}
     resume = args.resume
     if resume:
-        state = load(resume)
+        state = colabkit.load(resume)
         print(f"resumed from {resume} at step {state['step']}", flush=True)
 
     print(f"training from step {state['step']} to {args.steps}", flush=True)

@@ -42,7 +42,7 @@ def clean_environ(tmp_path, monkeypatch):
 @pytest.fixture(autouse=True)
 def _forget_mount_and_project(monkeypatch):
     """No Drive mount or open project remembered by an earlier test (only for modules already imported)."""
-    for module, name in (("colabkit.drive", "_active"), ("colabkit.projects", "_current")):
+    for module, name in (("colabkit._drive", "_active"), ("colabkit._project", "_current")):
         if module in sys.modules:
             monkeypatch.setattr(sys.modules[module], name, None)
 

@@ -16,53 +16,53 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, child_env, child_process
 
-from colabkit import checkpoint
+from colabkit import _checkpoint, _files
 from colabkit.errors import CheckpointError
 
 EXAMPLE = ROOT / "examples" / "resumable_train.py"
 
 
 def test_save_latest_load_round_trip(tmp_path):
-    assert checkpoint.latest(tmp_path / "ckpt") is None
-    first = checkpoint.save({"step": 1}, tmp_path / "ckpt")
-    second = checkpoint.save({"step": 2}, tmp_path / "ckpt")
+    assert _checkpoint.latest(tmp_path / "ckpt") is None
+    first = _checkpoint.save({"step": 1}, tmp_path / "ckpt")
+    second = _checkpoint.save({"step": 2}, tmp_path / "ckpt")
     assert (first.name, second.name) == ("ckpt-000001.pkl", "ckpt-000002.pkl")
-    assert checkpoint.latest(tmp_path / "ckpt") == second
-    assert checkpoint.load(second) == {"step": 2}
-    assert checkpoint.load(tmp_path / "ckpt") == {"step": 2}  # a folder means its latest
+    assert _checkpoint.latest(tmp_path / "ckpt") == second
+    assert _checkpoint.load(second) == {"step": 2}
+    assert _checkpoint.load(tmp_path / "ckpt") == {"step": 2}  # a folder means its latest
 
 
 def test_keep_prunes_oldest_and_none_keeps_all(tmp_path):
     folder = tmp_path / "ckpt"
-    paths = [checkpoint.save({"step": i}, folder, keep=3) for i in range(5)]
+    paths = [_checkpoint.save({"step": i}, folder, keep=3) for i in range(5)]
     assert sorted(p.name for p in folder.iterdir()) == [p.name for p in paths[2:]]
-    assert checkpoint.load(checkpoint.latest(folder)) == {"step": 4}
+    assert _checkpoint.load(_checkpoint.latest(folder)) == {"step": 4}
     for i in range(3):
-        checkpoint.save({"more": i}, folder, keep=None)
+        _checkpoint.save({"more": i}, folder, keep=None)
     assert len(list(folder.iterdir())) == 6
 
 
 def test_named_checkpoint_and_bad_arguments(tmp_path):
-    best = checkpoint.save({"acc": 0.9}, tmp_path, name="best")
+    best = _checkpoint.save({"acc": 0.9}, tmp_path, name="best")
     assert best == tmp_path / "best.pkl"
-    assert checkpoint.save({"acc": 0.95}, tmp_path, name="best") == best  # replaced atomically
-    assert checkpoint.load(best) == {"acc": 0.95}
+    assert _checkpoint.save({"acc": 0.95}, tmp_path, name="best") == best  # replaced atomically
+    assert _checkpoint.load(best) == {"acc": 0.95}
     with pytest.raises(ValueError, match="keep must be at least 1"):
-        checkpoint.save({}, tmp_path, keep=0)
+        _checkpoint.save({}, tmp_path, keep=0)
     with pytest.raises(ValueError, match="plain file stem"):
-        checkpoint.save({}, tmp_path, name="../escape")
+        _checkpoint.save({}, tmp_path, name="../escape")
 
 
 def test_latest_ignores_temp_and_foreign_files(tmp_path):
-    good = checkpoint.save({"step": 1}, tmp_path)
+    good = _checkpoint.save({"step": 1}, tmp_path)
     (tmp_path / ".ckpt-000002.pkl.tmp-999999-abcd").write_bytes(b"half")
     (tmp_path / "notes.txt").write_text("not a checkpoint")
-    assert checkpoint.latest(tmp_path) == good
+    assert _checkpoint.latest(tmp_path) == good
 
 
 def test_unpicklable_object_raises_and_leaves_nothing(tmp_path):
     with pytest.raises(CheckpointError, match="Could not save checkpoint") as info:
-        checkpoint.save({"fn": lambda: 1}, tmp_path / "ckpt")
+        _checkpoint.save({"fn": lambda: 1}, tmp_path / "ckpt")
     assert "state_dict()" in info.value.hint
     assert info.value.path == str(tmp_path / "ckpt" / "ckpt-000001.pkl")
     assert list((tmp_path / "ckpt").iterdir()) == []
@@ -70,14 +70,14 @@ def test_unpicklable_object_raises_and_leaves_nothing(tmp_path):
 
 def test_load_errors_name_the_file_and_the_fix(tmp_path):
     with pytest.raises(CheckpointError, match="No checkpoint in") as info:
-        checkpoint.load(tmp_path)
+        _checkpoint.load(tmp_path)
     assert "colabkit.save(obj, folder)" in info.value.hint
     with pytest.raises(CheckpointError, match="does not exist"):
-        checkpoint.load(tmp_path / "ckpt-000009.pkl")
+        _checkpoint.load(tmp_path / "ckpt-000009.pkl")
     broken = tmp_path / "ckpt-000001.pkl"
     broken.write_bytes(b"\x80\x05truncated")
     with pytest.raises(CheckpointError, match="Could not read checkpoint") as info:
-        checkpoint.load(broken)
+        _checkpoint.load(broken)
     assert info.value.path == str(broken)
 
 
@@ -85,14 +85,14 @@ def test_readonly_folder_raises_checkpoint_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(CheckpointError, match="Cannot write checkpoints to") as info:
-        checkpoint.save({}, blocker / "sub")
+        _checkpoint.save({}, blocker / "sub")
     assert "writable Drive" in info.value.hint
 
 
 _KILLED_SAVE = textwrap.dedent(
     """
     import sys, time
-    from colabkit import checkpoint
+    from colabkit import _checkpoint
 
     class Stall:
         # pickled after the big blob: announces that the save is under way, then never returns
@@ -102,8 +102,8 @@ _KILLED_SAVE = textwrap.dedent(
             return (int, ())
 
     folder = sys.argv[1]
-    checkpoint.save({"step": 1}, folder)
-    checkpoint.save({"step": 2, "blob": b"x" * (16 << 20), "stall": Stall()}, folder)
+    _checkpoint.save({"step": 1}, folder)
+    _checkpoint.save({"step": 2, "blob": b"x" * (16 << 20), "stall": Stall()}, folder)
     """
 )
 
@@ -118,11 +118,11 @@ def test_save_killed_midway_keeps_previous_checkpoint(tmp_path):
         assert len(temps) == 1 and temps[0].stat().st_size > 16 << 20  # the big blob is on disk
         child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=10) == -signal.SIGKILL
-    good = checkpoint.latest(folder)
+    good = _checkpoint.latest(folder)
     assert good == folder / "ckpt-000001.pkl"
-    assert checkpoint.load(good) == {"step": 1}
+    assert _checkpoint.load(good) == {"step": 1}
     # the next save sweeps the dead writer's temp file away
-    assert checkpoint.save({"step": 2}, folder) == folder / "ckpt-000002.pkl"
+    assert _checkpoint.save({"step": 2}, folder) == folder / "ckpt-000002.pkl"
     assert sorted(p.name for p in folder.iterdir()) == ["ckpt-000001.pkl", "ckpt-000002.pkl"]
 
 
@@ -146,9 +146,9 @@ def test_resume_round_trip_counts_steps_across_two_runs(tmp_path):
         first.kill()
         first.wait()
         first.stdout.close()
-    resume = checkpoint.latest(tmp_path / "ckpt")
+    resume = _checkpoint.latest(tmp_path / "ckpt")
     assert resume is not None
-    reached = checkpoint.load(resume)["step"]
+    reached = _checkpoint.load(resume)["step"]
     assert reached >= 5
 
     second = _start_example(tmp_path, "--steps", "12", "--step-time", "0.01", resume=resume)
@@ -159,7 +159,7 @@ def test_resume_round_trip_counts_steps_across_two_runs(tmp_path):
     assert lines[1] == f"training from step {reached} to 12"
     assert lines[2].startswith(f"step {reached + 1} saved")
     assert lines[-1] == "done: 12 steps"
-    final = checkpoint.load(checkpoint.latest(tmp_path / "ckpt"))
+    final = _checkpoint.load(_checkpoint.latest(tmp_path / "ckpt"))
     assert final["step"] == 12
     assert final["loss_history"] == [1.0 / s for s in range(1, 13)]  # no step lost or repeated
 
@@ -174,9 +174,9 @@ def test_sigterm_saves_before_exit_and_resume_continues(tmp_path):
         child.kill()
         child.wait()
     assert child.returncode == 0
-    saved = checkpoint.latest(tmp_path / "ckpt")
+    saved = _checkpoint.latest(tmp_path / "ckpt")
     assert saved is not None
-    step = checkpoint.load(saved)["step"]
+    step = _checkpoint.load(saved)["step"]
     assert 1 <= step < 100  # saved because of the signal, not the schedule
     assert out.splitlines()[-1] == f"stopped by SIGTERM at step {step}; resume from {saved}"
 
@@ -187,32 +187,32 @@ def test_foreign_files_are_never_pruned_nor_returned(tmp_path):
     (folder / "pretrained_resnet50.pt").write_bytes(b"user weights")
     (folder / "vocab.pkl").write_bytes(b"user vocab")
     (folder / "ckpt-final.pkl").write_bytes(b"user file named like ours")
-    assert checkpoint.latest(folder) is None
-    paths = [checkpoint.save({"step": i}, folder, keep=2) for i in range(5)]
+    assert _checkpoint.latest(folder) is None
+    paths = [_checkpoint.save({"step": i}, folder, keep=2) for i in range(5)]
     (folder / "notes.pkl").write_bytes(b"written after the last save")
-    assert checkpoint.latest(folder) == paths[-1]
+    assert _checkpoint.latest(folder) == paths[-1]
     assert sorted(p.name for p in folder.iterdir()) == [
         "ckpt-000004.pkl", "ckpt-000005.pkl", "ckpt-final.pkl", "notes.pkl", "pretrained_resnet50.pt", "vocab.pkl",
     ]
     assert (folder / "pretrained_resnet50.pt").read_bytes() == b"user weights"
-    assert checkpoint.load(folder) == {"step": 4}
+    assert _checkpoint.load(folder) == {"step": 4}
 
 
 def test_named_checkpoints_are_recorded_never_pruned_and_count_for_latest(tmp_path):
     folder = tmp_path / "ckpt"
-    best = checkpoint.save({"acc": 0.9}, folder, name="best")
-    assert checkpoint.latest(folder) == best
-    manifest = json.loads((folder / checkpoint.MANIFEST).read_text())
+    best = _checkpoint.save({"acc": 0.9}, folder, name="best")
+    assert _checkpoint.latest(folder) == best
+    manifest = json.loads((folder / _checkpoint.MANIFEST).read_text())
     assert manifest == {"schema": 1, "named": {"best": "best.pkl"}}
     for i in range(4):
-        newest = checkpoint.save({"step": i}, folder, keep=1)
+        newest = _checkpoint.save({"step": i}, folder, keep=1)
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["best.pkl", "ckpt-000004.pkl"]
-    assert checkpoint.latest(folder) == newest
+    assert _checkpoint.latest(folder) == newest
     os.utime(best, ns=(time.time_ns() + 10**9,) * 2)  # saved again later (by mtime)
-    assert checkpoint.latest(folder) == best
-    (folder / checkpoint.MANIFEST).write_text("{broken")  # unreadable: named files no longer count, none deleted
-    assert checkpoint.latest(folder) == newest
-    checkpoint.save({"step": 9}, folder, keep=1)
+    assert _checkpoint.latest(folder) == best
+    (folder / _checkpoint.MANIFEST).write_text("{broken")  # unreadable: named files no longer count, none deleted
+    assert _checkpoint.latest(folder) == newest
+    _checkpoint.save({"step": 9}, folder, keep=1)
     assert best.exists()
 
 
@@ -225,15 +225,15 @@ def _dead_pid() -> int:
 def test_temp_files_of_this_machine_go_when_their_writer_is_dead(tmp_path):
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    me = checkpoint._machine_tag()
+    me = _files.machine_tag()
     dead = folder / f".ckpt-000001.pkl.tmp-{me}-{_dead_pid()}-0123abcd"
     live = folder / f".ckpt-000002.pkl.tmp-{me}-{os.getppid()}-0123abcd"  # a writer still running here
     for p in (dead, live):
         p.write_bytes(b"half")
-    checkpoint.save({"step": 1}, folder)
+    _checkpoint.save({"step": 1}, folder)
     assert not dead.exists()
     assert live.exists()
-    assert checkpoint.latest(folder) == folder / "ckpt-000001.pkl"
+    assert _checkpoint.latest(folder) == folder / "ckpt-000001.pkl"
 
 
 def test_temp_files_of_another_machine_go_only_after_a_day(tmp_path):
@@ -247,20 +247,20 @@ def test_temp_files_of_another_machine_go_only_after_a_day(tmp_path):
     legacy_stale = folder / f".last.pkl.tmp-{pid}-89abcdef"
     for p in (fresh, stale, legacy_fresh, legacy_stale):
         p.write_bytes(b"half")
-    day_ago = time.time() - checkpoint.FOREIGN_TEMP_AGE_S - 60
+    day_ago = time.time() - _files.FOREIGN_TEMP_AGE_S - 60
     for p in (stale, legacy_stale):
         os.utime(p, (day_ago, day_ago))
-    checkpoint.save({"step": 1}, folder)
+    _checkpoint.save({"step": 1}, folder)
     assert fresh.exists() and legacy_fresh.exists()
     assert not stale.exists() and not legacy_stale.exists()
 
 
 def test_temp_names_say_which_machine_wrote_them(tmp_path, monkeypatch):
-    tag = checkpoint._machine_tag()
+    tag = _files.machine_tag()
     assert "-" not in tag and tag.startswith(re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:40])
     seen = []
     real_replace = os.replace
     monkeypatch.setattr(os, "replace", lambda a, b: (seen.append(Path(a).name), real_replace(a, b)))
-    checkpoint.save({"step": 1}, tmp_path)
-    m = checkpoint._TEMP.match(seen[0])
+    _checkpoint.save({"step": 1}, tmp_path)
+    m = _files.TEMP.match(seen[0])
     assert m and (m.group("final"), m.group("machine"), int(m.group("pid"))) == ("ckpt-000001.pkl", tag, os.getpid())

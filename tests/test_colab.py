@@ -1,11 +1,11 @@
-"""colab.py: every known google.colab failure becomes a colabkit error with the fix; off Colab it says so."""
+"""_colab.py: every known google.colab failure becomes a colabkit error with the fix; off Colab it says so."""
 
 from __future__ import annotations
 
 import pytest
 from fakes.colabvm import forget_fake_colab, make_vm, mount_table, unmount_under, use_fake_colab
 
-from colabkit import colab
+from colabkit import _colab
 from colabkit.errors import MountError, ReleaseError
 
 
@@ -66,7 +66,7 @@ def _known_failures():
 
 def test_every_known_colab_failure_is_mapped(fake_colab):
     unmapped = [
-        name for name, exc, op in _known_failures() if colab._translate(exc, op, "/content/drive") is None
+        name for name, exc, op in _known_failures() if _colab._translate(exc, op, "/content/drive") is None
     ]
     assert not unmapped, f"google.colab failures without a colabkit mapping: {unmapped}"
 
@@ -104,7 +104,7 @@ def test_each_mapping_names_the_problem_and_the_fix(fake_colab):
     assert {name for name, _, _ in failures} == set(_EXPECTED)
     for name, exc, op in failures:
         cls, reason, in_message, in_hint = _EXPECTED[name]
-        err = colab._translate(exc, op, "/content/drive")
+        err = _colab._translate(exc, op, "/content/drive")
         assert type(err) is cls, name
         assert in_message in err.message, name
         assert in_hint in err.hint, name
@@ -117,14 +117,14 @@ def test_not_empty_names_five_entries_and_keeps_them(fake_colab, tmp_path):
     point.mkdir()
     for name in "abcdefg":
         (point / name).write_text(name)
-    err = colab._translate(ValueError("Mountpoint must not already contain files"), "drive.mount", str(point))
+    err = _colab._translate(ValueError("Mountpoint must not already contain files"), "drive.mount", str(point))
     assert "'a', 'b', 'c', 'd', 'e' and 2 more" in err.message
     assert sorted(p.name for p in point.iterdir()) == list("abcdefg")
 
 
 def test_unknown_failure_becomes_generic_error_chained(fake_colab):
     with pytest.raises(MountError, match="google.colab drive.mount failed: KeyError") as info:
-        with colab._map_colab_errors("drive.mount", "/content/drive"):
+        with _colab._map_colab_errors("drive.mount", "/content/drive"):
             raise KeyError("surprise")
     assert isinstance(info.value.__cause__, KeyError)
     assert "Restart session" in info.value.hint
@@ -133,7 +133,7 @@ def test_unknown_failure_becomes_generic_error_chained(fake_colab):
 def test_off_colab_the_real_check_says_which_methods_work(fake_colab, tmp_path):
     # the fake google.colab is importable, but this is no Colab VM: drive.mount's first check refuses
     with pytest.raises(MountError) as info:
-        colab.drive_mount(tmp_path / "drive", force_remount=False, timeout_ms=1000, readonly=False)
+        _colab.drive_mount(tmp_path / "drive", force_remount=False, timeout_ms=1000, readonly=False)
     assert info.value.reason == "not_colab"
     assert "terminal" in info.value.message
     assert info.value.hint == (
@@ -148,10 +148,10 @@ def test_off_colab_the_real_check_says_which_methods_work(fake_colab, tmp_path):
 def test_without_google_colab_installed():
     forget_fake_colab()
     with pytest.raises(MountError, match="google.colab is not importable") as info:
-        colab.drive_mount("/content/drive", force_remount=False, timeout_ms=1000, readonly=False)
+        _colab.drive_mount("/content/drive", force_remount=False, timeout_ms=1000, readonly=False)
     assert info.value.reason == "not_colab" and "ocamlfuse" in info.value.hint
     with pytest.raises(ReleaseError, match="no Colab runtime to give back"):
-        colab.runtime_unassign()
+        _colab.runtime_unassign()
 
 
 def test_fake_refuses_to_mount_without_timeout(vm):
@@ -164,34 +164,34 @@ def test_fake_refuses_to_mount_without_timeout(vm):
 def test_unassign_errors_are_release_errors(vm, monkeypatch):
     monkeypatch.setenv("FAKE_COLAB_UNASSIGN", "refuse")
     with pytest.raises(ReleaseError, match="Unable to request VM unassignment"):
-        colab.runtime_unassign()
+        _colab.runtime_unassign()
     monkeypatch.delenv("TBE_RUNTIME_ADDR")
     with pytest.raises(ReleaseError, match="runtime management service"):
-        colab.runtime_unassign()
+        _colab.runtime_unassign()
     assert not vm.unassigned
     monkeypatch.setenv("TBE_RUNTIME_ADDR", "172.28.0.1:8011")
     monkeypatch.delenv("FAKE_COLAB_UNASSIGN")
-    colab.runtime_unassign()
+    _colab.runtime_unassign()
     assert vm.unassigned
 
 
 def test_credential_refusal_through_the_fake(vm, monkeypatch):
     monkeypatch.setenv("FAKE_COLAB_AUTH", "refuse")
     with pytest.raises(MountError) as info:
-        colab.drive_mount(vm.mountpoint, force_remount=False, timeout_ms=120000, readonly=False)
+        _colab.drive_mount(vm.mountpoint, force_remount=False, timeout_ms=120000, readonly=False)
     assert info.value.reason == "credentials"
     assert "allow the popup" in info.value.hint
 
 
 def test_enterprise_and_space_through_the_fake(vm, monkeypatch):
     with pytest.raises(MountError) as info:
-        colab.drive_mount(
+        _colab.drive_mount(
             vm.sysroot / "content/my drive", force_remount=False, timeout_ms=1000, readonly=False
         )
     assert info.value.reason == "space"
     monkeypatch.setenv("VERTEX_PRODUCT", "COLAB_ENTERPRISE")
     with pytest.raises(MountError) as info:
-        colab.drive_mount(vm.mountpoint, force_remount=False, timeout_ms=1000, readonly=False)
+        _colab.drive_mount(vm.mountpoint, force_remount=False, timeout_ms=1000, readonly=False)
     assert info.value.reason == "enterprise"
     assert vm.calls() == []  # refused before asking the browser
 
@@ -200,22 +200,22 @@ def test_enterprise_and_space_through_the_fake(vm, monkeypatch):
 def test_fake_says_already_mounted_without_force(vm, tmp_path, capsys):
     mp = str(vm.mountpoint)
     try:
-        colab.drive_mount(vm.mountpoint, force_remount=False, timeout_ms=120000, readonly=False)
+        _colab.drive_mount(vm.mountpoint, force_remount=False, timeout_ms=120000, readonly=False)
         assert capsys.readouterr().out == f"Mounted at {mp}\n"
-        colab.drive_mount(vm.mountpoint, force_remount=False, timeout_ms=120000, readonly=False)
+        _colab.drive_mount(vm.mountpoint, force_remount=False, timeout_ms=120000, readonly=False)
         assert capsys.readouterr().out == (
             f"Drive already mounted at {mp}; to attempt to forcibly remount, call "
             f'drive.mount("{mp}", force_remount=True).\n'
         )
         assert mount_table()[mp] == "fuse.drive"
         assert [c.split()[0] for c in vm.calls()].count("blocking_request") == 2  # it asks before it looks
-        colab.drive_flush_and_unmount()
+        _colab.drive_flush_and_unmount()
         assert mp not in mount_table()
     finally:
         unmount_under(tmp_path)
 
 
 def test_fake_flush_with_nothing_mounted(vm, capsys):
-    colab.drive_flush_and_unmount()
+    _colab.drive_flush_and_unmount()
     assert capsys.readouterr().out == "Drive not mounted, so nothing to flush and unmount.\n"
     assert vm.calls() == ["drive.flush_and_unmount timeout_ms=86400000"]

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from colabkit import display
-from colabkit.monitoring import Sample
+from colabkit import _display, _format
+from colabkit._monitor import Sample
 
 GIB = 1024**3
 
@@ -40,11 +40,11 @@ def screen(raw: str) -> list[str]:
 
 
 def test_format_bytes_and_na():
-    assert display.format_bytes(None) == "n/a"
-    assert display.format_bytes(512) == "512 B"
-    assert display.format_bytes(1536) == "1.5 KiB"
-    assert display.format_bytes(15 * GIB) == "15.0 GiB"
-    assert display.na(None, "%") == "n/a" and display.na(87, "%") == "87%"
+    assert _format.format_bytes(None) == "n/a"
+    assert _format.format_bytes(512) == "512 B"
+    assert _format.format_bytes(1536) == "1.5 KiB"
+    assert _format.format_bytes(15 * GIB) == "15.0 GiB"
+    assert _format.na(None, "%") == "n/a" and _format.na(87, "%") == "87%"
 
 
 def test_format_status_line():
@@ -58,15 +58,15 @@ def test_format_status_line():
         child_rss_bytes=2 * GIB,
     )
     assert (
-        display.format_status(s, 4 * GIB, 75.0)
+        _display.format_status(s, 4 * GIB, 75.0)
         == "GPU0 3.0 GiB/15.0 GiB · peak 4.0 GiB · util 87% · 64°C · RAM 2.0 GiB · 1m15s"
     )
-    assert display.format_status(Sample(t=1.0), None, 4.2) == "GPU n/a · 4.2s"
+    assert _display.format_status(Sample(t=1.0), None, 4.2) == "GPU n/a · 4.2s"
 
 
 def test_plain_mode_passes_lines_and_keeps_progress_lines_out_until_done():
     out = io.StringIO()
-    view = display.OutputView("plain", out=out)
+    view = _display.OutputView("plain", out=out)
     view.feed("epoch 1\nepoch 2\n")
     for i in range(100):
         view.feed(f"\r{i:3d}%|")
@@ -78,7 +78,7 @@ def test_plain_mode_passes_lines_and_keeps_progress_lines_out_until_done():
 
 def test_terminal_mode_updates_progress_in_place():
     out = io.StringIO()
-    view = display.OutputView("terminal", out=out)
+    view = _display.OutputView("terminal", out=out)
     view.feed("start\n")
     for step in range(3):
         for i in range(0, 101, 10):
@@ -93,7 +93,7 @@ def test_terminal_mode_updates_progress_in_place():
 
 def test_terminal_mode_carries_the_status_on_the_bottom_line():
     out = io.StringIO()
-    view = display.OutputView("terminal", out=out)
+    view = _display.OutputView("terminal", out=out)
     view.status = "GPU0 1.0 GiB/15.0 GiB"
     view.feed("loss 0.5\n 10%|#")
     view.render(0.0)
@@ -106,7 +106,7 @@ def test_terminal_mode_carries_the_status_on_the_bottom_line():
 
 def test_windows_line_endings_keep_the_line():
     out = io.StringIO()
-    view = display.OutputView("notebook", out=out)
+    view = _display.OutputView("notebook", out=out)
     view.feed("a\r\nb\r\n")
     view.render(0.0)
     assert screen(out.getvalue()) == ["a", "b"]
@@ -114,7 +114,7 @@ def test_windows_line_endings_keep_the_line():
 
 def test_a_flood_is_cut_to_the_budget_with_a_note():
     out = io.StringIO()
-    view = display.OutputView("notebook", out=out, refresh_s=0.25, max_lines_per_s=100)
+    view = _display.OutputView("notebook", out=out, refresh_s=0.25, max_lines_per_s=100)
     view.feed("".join(f"line {i}\n" for i in range(10_000)))
     view.render(0.0)
     shown = screen(out.getvalue())
@@ -124,7 +124,7 @@ def test_a_flood_is_cut_to_the_budget_with_a_note():
 
 
 def test_due_throttles_to_the_refresh_interval():
-    view = display.OutputView("plain", out=io.StringIO(), refresh_s=0.25)
+    view = _display.OutputView("plain", out=io.StringIO(), refresh_s=0.25)
     assert view.due(0.0)
     view.render(0.0)
     assert not view.due(0.2)
@@ -146,7 +146,7 @@ def test_status_line_in_a_notebook_updates_one_display_in_place(monkeypatch):
         return Handle()
 
     monkeypatch.setattr(IPython.display, "display", fake_display)
-    line = display.StatusLine("notebook")
+    line = _display.StatusLine("notebook")
     line.update("GPU0 <1.0 GiB>", 0.0)
     line.update("GPU0 2.0 GiB", 0.5)
     line.close("done")
@@ -156,7 +156,7 @@ def test_status_line_in_a_notebook_updates_one_display_in_place(monkeypatch):
 
 
 def test_status_line_in_plain_mode_prints_now_and_then(capsys):
-    line = display.StatusLine("plain")
+    line = _display.StatusLine("plain")
     for t in range(0, 61):
         line.update(f"t={t}", float(t))
     out = capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""drive.py on real FUSE mounts: the fake DriveFS serves a local folder through bindfs as fuse.drive."""
+"""_drive.py on real FUSE mounts: the fake DriveFS serves a local folder through bindfs as fuse.drive."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 from fakes.colabvm import forget_fake_colab, kill_fuse, mount_table
 
 import colabkit
-from colabkit import cli, drive
+from colabkit import _drive, _mounts, cli
 from colabkit.errors import MountError
 
 
-def _mounts(vm):
+def _mount_calls(vm):
     return [c for c in vm.calls() if c.startswith("drive.mount")]
 
 
@@ -22,12 +22,12 @@ def _mounts(vm):
 
 def test_local_is_the_default_off_colab(tmp_path):
     m = colabkit.mount()
-    assert m == drive.Mount("local", tmp_path / "drive", tmp_path / "drive/MyDrive", False)
+    assert m == _mounts.Mount("local", tmp_path / "drive", tmp_path / "drive/MyDrive", False)
     assert m.root.is_dir()
     assert repr(m) == f"Mount(method='local', mountpoint='{tmp_path}/drive', root='{tmp_path}/drive/MyDrive')"
     assert "<code>" in m._repr_html_()
-    assert drive.find_mount() == m
-    drive.flush()  # os.sync: nothing to unmount
+    assert _drive.find_mount() == m
+    _drive.flush()  # os.sync: nothing to unmount
     assert m.root.is_dir()
 
 
@@ -38,7 +38,7 @@ def test_local_folder_is_read_at_call_time(tmp_path, monkeypatch):
 
 
 def test_find_mount_is_none_when_nothing_is_there():
-    assert drive.find_mount() is None
+    assert _drive.find_mount() is None
 
 
 def test_unknown_method():
@@ -61,7 +61,7 @@ def test_drive_off_colab_says_which_methods_work(tmp_path, monkeypatch):
 
 
 def test_mount_table_octal_escapes():
-    assert drive._unescape(r"/tmp/My\040Drive\011x\134y") == "/tmp/My Drive\tx\\y"
+    assert _mounts._unescape(r"/tmp/My\040Drive\011x\134y") == "/tmp/My Drive\tx\\y"
 
 
 def test_cli_mount_local(tmp_path, capsys):
@@ -78,7 +78,7 @@ def test_cli_mount_local(tmp_path, capsys):
 def test_drive_mount_is_real_and_idempotent(vm, capsys):
     (vm.mydrive / "hello.txt").write_text("hi")
     m = colabkit.mount()
-    assert m == drive.Mount("drive", vm.mountpoint, vm.mountpoint / "MyDrive", False)
+    assert m == _mounts.Mount("drive", vm.mountpoint, vm.mountpoint / "MyDrive", False)
     assert mount_table()[str(vm.mountpoint)] == "fuse.drive"
     assert (m.root / "hello.txt").read_text() == "hi"
     assert (vm.mountpoint / "My Drive" / "hello.txt").exists()
@@ -89,8 +89,8 @@ def test_drive_mount_is_real_and_idempotent(vm, capsys):
     assert colabkit.mount() == m
     assert colabkit.mount("drive") == m
     assert vm.calls() == calls  # no second drive.mount, no second browser request
-    drive._active = None
-    assert drive.find_mount() == m  # seen in the mount table alone
+    _drive._active = None
+    assert _drive.find_mount() == m  # seen in the mount table alone
 
 
 @pytest.mark.fuse
@@ -107,7 +107,7 @@ def test_timeout_is_retried_once_with_600_s(vm, monkeypatch):
     monkeypatch.setenv("FAKE_DRIVEFS_ROOT_READ_MS", "300000")
     m = colabkit.mount()
     assert m.method == "drive" and mount_table()[str(vm.mountpoint)] == "fuse.drive"
-    assert [c.split()[-1] for c in _mounts(vm)] == ["timeout_ms=120000", "timeout_ms=600000"]
+    assert [c.split()[-1] for c in _mount_calls(vm)] == ["timeout_ms=120000", "timeout_ms=600000"]
 
 
 @pytest.mark.fuse
@@ -117,7 +117,7 @@ def test_timeout_twice_gives_advice(vm, monkeypatch):
         colabkit.mount()
     assert info.value.reason == "timeout"
     assert "thousands of items" in info.value.hint and "faq.html#drive-timeout" in info.value.hint
-    assert len(_mounts(vm)) == 2
+    assert len(_mount_calls(vm)) == 2
     assert str(vm.mountpoint) not in mount_table()
 
 
@@ -161,11 +161,11 @@ def test_dead_mount_is_remounted(vm):
     with pytest.raises(OSError) as info:
         os.stat(vm.mountpoint)
     assert info.value.errno == errno.ENOTCONN
-    assert drive.find_mount() is None
+    assert _drive.find_mount() is None
     again = colabkit.mount()
     assert again == m
     assert (again.root).is_dir()
-    assert "force_remount=True" in _mounts(vm)[-1]
+    assert "force_remount=True" in _mount_calls(vm)[-1]
 
 
 @pytest.mark.fuse
@@ -194,7 +194,7 @@ def test_flush_failure_keeps_the_mount(vm, monkeypatch):
 def test_force_remounts(vm):
     colabkit.mount()
     colabkit.mount(force=True)
-    assert [c.split()[2] for c in _mounts(vm)] == ["force_remount=False", "force_remount=True"]
+    assert [c.split()[2] for c in _mount_calls(vm)] == ["force_remount=False", "force_remount=True"]
     assert mount_table()[str(vm.mountpoint)] == "fuse.drive"
 
 
@@ -212,7 +212,7 @@ def test_flush_of_a_dead_drive_says_so(vm, remembered):
     (m.root / "model.pt").write_bytes(b"weights")
     kill_fuse(vm.mountpoint)
     if not remembered:
-        drive._active = None  # another process mounted it: only the mount table knows
+        _drive._active = None  # another process mounted it: only the mount table knows
     with pytest.raises(MountError, match=r"Drive at .* is dead \(\[Errno 107\]") as info:
         colabkit.flush()
     err = info.value
@@ -254,7 +254,7 @@ def test_readonly_must_match_the_live_mount(vm):
         "Pass force=True to remount it read-only: colabkit.mount('drive', readonly=True, force=True)."
     )
     m = colabkit.mount(readonly=True, force=True)
-    assert m.readonly and "ro" in drive._table_entry(vm.mountpoint)[1]
+    assert m.readonly and "ro" in _mounts.entry(vm.mountpoint).options
     with pytest.raises(MountError, match="already mounted read-only") as info:
         colabkit.mount()
     assert "readonly=False, force=True" in info.value.hint
@@ -264,16 +264,16 @@ def test_readonly_must_match_the_live_mount(vm):
 @pytest.mark.fuse
 def test_find_mount_on_colab_ignores_the_local_folder(vm, tmp_path):
     (tmp_path / "drive/MyDrive").mkdir(parents=True)  # $COLABKIT_DRIVE, the stand-in off Colab
-    assert drive.find_mount() is None
+    assert _drive.find_mount() is None
     m = colabkit.mount()
     colabkit.flush()
-    assert drive.find_mount() is None
+    assert _drive.find_mount() is None
     assert colabkit.mount() == m
 
 
 def test_find_mount_off_colab_uses_the_local_folder(tmp_path):
     (tmp_path / "drive/MyDrive").mkdir(parents=True)
-    assert drive.find_mount() == drive.Mount("local", tmp_path / "drive", tmp_path / "drive/MyDrive")
+    assert _drive.find_mount() == _mounts.Mount("local", tmp_path / "drive", tmp_path / "drive/MyDrive")
 
 
 def test_relative_local_folder_is_made_absolute_when_called(tmp_path, monkeypatch):

@@ -56,6 +56,57 @@ def test_top_level_names_read_colabkit():
     assert repr(colabkit.NoGpuError).startswith("<class 'colabkit.NoGpuError'")
 
 
-def test_plain_errors_pickle():
-    exc = pickle.loads(pickle.dumps(errors.ColabkitError("m", "h")))
-    assert str(exc).startswith("m")
+# one instance of every error class, with every field set
+EVERY_ERROR = [
+    errors.ColabkitError("m", "h", cli_message="cm", cli_hint="ch"),
+    errors.GpuError("m", "h"),
+    errors.NoGpuError("m", "h", runtime="colab", reason="no GPU"),
+    errors.CudaMismatchError("m", "h", torch_version="2.5.1", torch_cuda="12.4", driver_cuda="12.2"),
+    errors.MountError("m", "h", mountpoint="/content/drive", method="drive", reason="dead", cli_hint="ch"),
+    errors.ProjectNotFound("m", "h", path="/d/MyDrive/tset", candidates=("test",), cli_hint="ch"),
+    errors.InstallError("m", "h", returncode=1, output_tail="ERROR: x"),
+    errors.StageError("m", "h", needed_bytes=10, free_bytes=5),
+    errors.CheckpointError("m", "h", path="/c/ckpt.pt"),
+    errors.ScriptNotFound("m", "h", path="/p/t.py", cli_hint="ch"),
+    errors.RunFailed("m", "h", returncode=1, stderr_tail="x", log_path="/l", cli_message="cm", cli_hint="ch"),
+    errors.CudaOutOfMemory("m", "h", peak_bytes=10, total_bytes=15, returncode=1, stderr_tail="x", log_path="/l"),
+    errors.ReleaseError("m", "h"),
+]
+
+
+def test_every_error_class_is_in_the_pickle_test():
+    assert {type(e).__name__ for e in EVERY_ERROR} == set(errors.__all__) - {"ColabkitWarning"}
+
+
+@pytest.mark.parametrize("exc", EVERY_ERROR, ids=lambda e: type(e).__name__)
+def test_every_error_pickles_with_its_hint_and_fields(exc):
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is type(exc)
+    assert vars(back) == vars(exc)  # message, hint, the CLI spellings and every field
+    assert (back.message, back.hint, str(back)) == ("m", "h", "m\nHINT: h")
+    assert back.render("cli") == exc.render("cli")
+
+
+def test_the_command_line_spelling_is_used_only_when_asked():
+    exc = errors.RunFailed("stopped by timeout=5s", "Pass a larger timeout=", cli_message="stopped by --timeout 5s",
+                           cli_hint="Pass a larger --timeout")  # fmt: skip
+    assert exc.render() == "stopped by timeout=5s\nHINT: Pass a larger timeout="
+    assert exc.render("cli") == "stopped by --timeout 5s\nHINT: Pass a larger --timeout"
+    plain = errors.MountError("Drive is dead", "Remount")
+    assert plain.render("cli") == plain.render() == "Drive is dead\nHINT: Remount"
+
+
+@pytest.mark.parametrize(
+    ("kind", "tpu", "message", "fix_starts"),
+    [
+        ("colab", False, "No NVIDIA GPU on this Colab runtime (x).", "In the Colab menu choose Runtime → Change runtime type"),
+        ("colab", True, "This is a Colab TPU runtime: it has no NVIDIA GPU (x).", "In the Colab menu choose Runtime"),
+        ("kaggle", False, "No NVIDIA GPU in this Kaggle notebook (x).", "In the notebook editor open Settings → Accelerator"),
+        ("terminal", True, "This is a TPU runtime: it has no NVIDIA GPU (x).", "Start a runtime or machine with an NVIDIA GPU"),
+        ("jupyter", False, "No NVIDIA GPU found (x).", "Install the NVIDIA driver for this machine's GPU"),
+    ],
+)
+def test_no_gpu_is_said_for_the_runtime(kind, tpu, message, fix_starts):
+    exc = errors.NoGpuError.for_runtime("x", kind, tpu=tpu)
+    assert (exc.message, exc.runtime, exc.reason) == (message, kind, "x")
+    assert exc.hint.startswith(fix_starts) and exc.hint == errors.no_gpu_fix(kind, tpu=tpu)

@@ -1,7 +1,10 @@
-"""colabkit.gpu: NVML facts, error mapping, the GPU check per runtime, the sampler's source, the torch check."""
+"""colabkit._nvml, _gpu and _torch: NVML facts, error mapping, the GPU check per runtime, the sampler's source,
+the torch check."""
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import logging
 import os
 import subprocess
@@ -17,7 +20,7 @@ from fakes import nvml as fake
 from fakes.nvml import GIB, MIB, FakeDevice, FakeNvml
 
 import colabkit
-from colabkit import gpu
+from colabkit import _gpu, _nvml, _torch
 from colabkit.errors import CudaMismatchError, GpuError, NoGpuError
 
 T4_TOTAL = 15360 * MIB
@@ -40,13 +43,13 @@ def a100(**kw) -> FakeDevice:
 def nvml():
     """A fake NVML with one idle T4, in use for the test."""
     lib = FakeNvml([t4(used=300 * MIB, util=7, temp=41, power_mw=27_500)])
-    with gpu._use_library(lib):
+    with _nvml._use_library(lib):
         yield lib
     assert lib.initialised == 0, "NVML was not shut down"
 
 
 def use(lib: FakeNvml):
-    return gpu._use_library(lib)
+    return _nvml._use_library(lib)
 
 
 # --- gpus() ----------------------------------------------------------------------------------------
@@ -54,7 +57,7 @@ def use(lib: FakeNvml):
 
 def test_gpus_reports_every_field(nvml):
     (info,) = colabkit.gpus()
-    assert info == gpu.GpuInfo(
+    assert info == _gpu.GpuInfo(
         index=0,
         name="Tesla T4",
         uuid="GPU-00000000-1111-2222-3333-444444444444",
@@ -76,7 +79,7 @@ def test_gpus_reports_every_field(nvml):
 
 
 def test_html_repr_is_escaped():
-    info = gpu.GpuInfo(index=0, name="<b>GPU</b> & co")
+    info = _gpu.GpuInfo(index=0, name="<b>GPU</b> & co")
     assert "<b>" not in info._repr_html_()
     assert "&lt;b&gt;GPU&lt;/b&gt; &amp; co" in info._repr_html_()
     assert "n/a GiB" not in repr(info) and "n/a (n/a used)" in repr(info)
@@ -87,7 +90,7 @@ def test_nvml_initialised_once_and_shut_down_at_the_end():
     with use(lib):
         assert [g.name for g in colabkit.gpus()] == ["Tesla T4", "NVIDIA A100-SXM4-40GB"]
         colabkit.gpus()
-        gpu.source().read(1)
+        _nvml.source().read(1)
         assert (lib.init_calls, lib.shutdown_calls) == (1, 0)
     assert (lib.init_calls, lib.shutdown_calls, lib.initialised) == (1, 1, 0)
 
@@ -113,10 +116,10 @@ def test_init_is_serialised_across_threads():
 
 def test_memory_v2_probed_once_then_v1_fallback(caplog):
     lib = FakeNvml([t4(used=1 * GIB)], memory_v2=False)
-    with use(lib), caplog.at_level(logging.DEBUG, logger="colabkit.gpu"):
+    with use(lib), caplog.at_level(logging.DEBUG, logger="colabkit._nvml"):
         first = colabkit.gpus()[0]
         second = colabkit.gpus()[0]
-        gpu.source().read(0)
+        _nvml.source().read(0)
     assert lib.calls.count("nvmlDeviceGetMemoryInfo_v2") == 1
     assert lib.calls.count("nvmlDeviceGetMemoryInfo") == 3
     # v1 counts the driver-reserved memory as used
@@ -172,7 +175,7 @@ def test_no_driver_means_no_gpu(name):
     lib = FakeNvml([t4()], init_error=getattr(fake, name))
     with use(lib):
         assert colabkit.gpus() == []
-        assert gpu.source().device_count() == 0
+        assert _nvml.source().device_count() == 0
         with pytest.raises(NoGpuError) as err:
             colabkit.require_gpu()
         colabkit.gpus()
@@ -215,8 +218,8 @@ def test_other_init_failures_are_gpu_errors_with_a_fix(error, what, fix):
 
 def test_every_known_nvml_exception_is_mapped():
     known = sorted(n for n in dir(pynvml) if n.startswith("NVMLError")) + ["NVMLLibraryMismatchError"]
-    unmapped = [n for n in known if n not in gpu._NVML_ERRORS]
-    assert not unmapped, f"NVML exceptions without a colabkit mapping in gpu._NVML_ERRORS: {unmapped}"
+    unmapped = [n for n in known if n not in _nvml._NVML_ERRORS]
+    assert not unmapped, f"NVML exceptions without a colabkit mapping in _nvml._NVML_ERRORS: {unmapped}"
     # the fake mirrors the real class names
     assert sorted(fake.EXCEPTION_NAMES) == sorted(known)
     assert not issubclass(pynvml.NVMLLibraryMismatchError, pynvml.NVMLError)
@@ -229,7 +232,7 @@ def test_every_known_nvml_exception_is_mapped():
             if name == "NVMLError"
             else cls()
         )
-        with pytest.raises(GpuError) as err, gpu._map_nvml_errors(pynvml):
+        with pytest.raises(GpuError) as err, _nvml._map_nvml_errors(pynvml):
             raise exc
         assert err.value.__cause__ is exc
         assert err.value.hint, f"{name} maps to an error without a fix"
@@ -239,7 +242,7 @@ def test_every_known_nvml_exception_is_mapped():
 
 
 def test_map_leaves_other_exceptions_alone():
-    with pytest.raises(KeyError), gpu._map_nvml_errors(pynvml):
+    with pytest.raises(KeyError), _nvml._map_nvml_errors(pynvml):
         raise KeyError("x")
 
 
@@ -342,30 +345,40 @@ def test_require_gpu_picks_by_memory_and_name():
 def test_source_reads_scripted_values_exactly():
     device = t4(used=[1 * GIB, 3 * GIB, 2 * GIB], util=55, temp=66, power_mw=70_250)
     with use(FakeNvml([device])):
-        src = gpu.source()
-        assert src is gpu.source()
+        src = _nvml.source()
+        assert src is _nvml.source()
         assert src.device_count() == 1
         readings = [src.read(0) for _ in range(4)]
     assert [r.used for r in readings] == [1 * GIB, 3 * GIB, 2 * GIB, 2 * GIB]
-    assert readings[0] == gpu.DeviceReading(used=1 * GIB, total=T4_TOTAL, util=55, temp=66, power_w=70.25)
+    assert readings[0] == _nvml.DeviceReading(used=1 * GIB, total=T4_TOTAL, util=55, temp=66, power_w=70.25)
 
 
 def test_source_probes_never_raise():
     lib = FakeNvml([t4(fail={"nvmlDeviceGetHandleByIndex": fake.NVMLError_GpuIsLost})])
     with use(lib):
-        src = gpu.source()
-        assert src.read(0) == gpu.DeviceReading(None, None, None, None, None)
-        assert src.read(7) == gpu.DeviceReading(None, None, None, None, None)
+        src = _nvml.source()
+        assert src.read(0) == _nvml.DeviceReading(None, None, None, None, None)
+        assert src.read(7) == _nvml.DeviceReading(None, None, None, None, None)
         assert src.processes(0) == []
     with use(FakeNvml([t4()], init_error=fake.NVMLError_Unknown)):
-        assert gpu.source().device_count() == 0
-        assert gpu.source().read(0).used is None
+        assert _nvml.source().device_count() == 0
+        assert _nvml.source().read(0).used is None
 
 
 def test_processes_merge_compute_and_graphics():
     device = t4(compute=[(101, 2 * GIB), (102, None)], graphics=[(101, 1 * GIB), (103, 5 * MIB)])
     with use(FakeNvml([device])):
-        assert sorted(gpu.source().processes(0)) == [(101, 2 * GIB), (102, None), (103, 5 * MIB)]
+        assert sorted(_nvml.source().processes(0)) == [(101, 2 * GIB), (102, None), (103, 5 * MIB)]
+
+
+def test_source_lists_each_scripted_process_of_each_gpu():
+    first = t4(compute=[(101, 2 * GIB), (102, None)])
+    second = a100(compute=[(201, 30 * GIB)], graphics=[(202, 64 * MIB)])
+    with use(FakeNvml([first, second, t4()])):
+        src = _nvml.source()
+        assert src.processes(0) == [(101, 2 * GIB), (102, None)]
+        assert src.processes(1) == [(201, 30 * GIB), (202, 64 * MIB)]
+        assert src.processes(2) == []
 
 
 def test_process_list_falls_back_on_library_mismatch():
@@ -373,7 +386,7 @@ def test_process_list_falls_back_on_library_mismatch():
     device = t4(compute=[(101, 2 * GIB)], fail={"nvmlDeviceGetComputeRunningProcesses": mismatch})
     lib = FakeNvml([device])
     with use(lib):
-        assert gpu.source().processes(0) == [(101, 2 * GIB)]
+        assert _nvml.source().processes(0) == [(101, 2 * GIB)]
     assert "nvmlDeviceGetComputeRunningProcesses_v2" in lib.calls
 
 
@@ -382,18 +395,18 @@ def test_gpu_processes_names_real_commands():
     try:
         device = t4(compute=[(child.pid, 3 * GIB), (2**22 + 17, None)])
         with use(FakeNvml([t4(), device])):
-            procs = gpu.gpu_processes()
+            procs = _gpu.gpu_processes()
     finally:
         child.stdin.close()
         child.wait(timeout=10)
     assert procs == [
-        gpu.GpuProcess(
+        _gpu.GpuProcess(
             gpu_index=1,
             pid=child.pid,
             used_bytes=3 * GIB,
             command=f"{sys.executable} -c import sys; sys.stdin.read()",
         ),
-        gpu.GpuProcess(gpu_index=1, pid=2**22 + 17, used_bytes=None, command=None),
+        _gpu.GpuProcess(gpu_index=1, pid=2**22 + 17, used_bytes=None, command=None),
     ]
     assert repr(procs[1]) == "GpuProcess(gpu=1, pid=4194321, used=n/a, command='n/a')"
 
@@ -401,19 +414,31 @@ def test_gpu_processes_names_real_commands():
 # --- the real machine ----------------------------------------------------------------------------
 
 
+def _nvml_library_loads() -> bool:
+    """Whether libnvidia-ml.so.1 loads here, as nvidia-ml-py loads it: decides which no-driver error is right."""
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return False
+    return True
+
+
 @NO_DRIVER
 def test_real_no_driver_path():
     assert colabkit.gpus() == []
-    assert gpu.source().device_count() == 0
-    assert gpu.gpu_processes() == []
+    assert _nvml.source().device_count() == 0
+    assert _gpu.gpu_processes() == []
     with pytest.raises(NoGpuError) as err:
         colabkit.require_gpu()
-    assert err.value.message in (
-        "No NVIDIA GPU found (NVML library libnvidia-ml.so.1 not found).",
-        "No NVIDIA GPU found (NVIDIA driver not loaded).",
-    )
+    # no library: nvmlInit cannot even load it; the library without its kernel module: driver not loaded
+    if _nvml_library_loads():
+        reason, cause = "NVIDIA driver not loaded", pynvml.NVMLError_DriverNotLoaded
+    else:
+        reason, cause = "NVML library libnvidia-ml.so.1 not found", pynvml.NVMLError_LibraryNotFound
+    assert err.value.message == f"No NVIDIA GPU found ({reason})."
+    assert err.value.reason == reason
     assert "`nvidia-smi`" in err.value.hint
-    assert isinstance(err.value.__cause__, pynvml.NVMLError)
+    assert type(err.value.__cause__) is cause
 
 
 @pytest.mark.gpu
@@ -434,16 +459,43 @@ def test_gpus_match_nvidia_smi():
         assert info.memory_total // MIB == int(total_mib)
         assert info.memory_used is not None and 0 <= info.memory_used <= info.memory_total
         assert info.cuda_driver_version and info.compute_capability
-    assert colabkit.require_gpu() == found[0] or colabkit.require_gpu().uuid == found[0].uuid
+    # the first GPU, read again: its identity is the same, its live readings (memory used, power) may differ
+    chosen = colabkit.require_gpu()
+    assert (chosen.index, chosen.uuid, chosen.name, chosen.memory_total) == (
+        found[0].index,
+        found[0].uuid,
+        found[0].name,
+        found[0].memory_total,
+    )
 
 
 @pytest.mark.gpu
 def test_real_source_reads():
-    src = gpu.source()
+    src = _nvml.source()
     assert src.device_count() >= 1
     reading = src.read(0)
     assert reading.total and reading.used is not None and reading.used <= reading.total
-    assert isinstance(src.processes(0), list)
+
+
+def _nvidia_smi_compute_pids() -> set[int]:
+    out = subprocess.run(
+        ["nvidia-smi", "-i", "0", "--query-compute-apps=pid", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return {int(line) for line in out.split() if line.isdigit()}
+
+
+@pytest.mark.gpu
+def test_real_source_lists_the_processes_nvidia_smi_lists():
+    # processes() answers [] on any NVML failure: compare with nvidia-smi, not with "is a list"
+    before = _nvidia_smi_compute_pids()
+    pids = [pid for pid, _ in _nvml.source().processes(0)]
+    after = _nvidia_smi_compute_pids()
+    assert len(pids) == len(set(pids))  # one entry per process
+    assert before & after <= set(pids)  # every process there before and after the read is listed
 
 
 # --- torch, checked in a child process -----------------------------------------------------------
@@ -469,18 +521,18 @@ def torch_dir(tmp_path, monkeypatch):
 
 
 def test_no_torch_no_check():
-    if gpu.importlib.util.find_spec("torch") is not None:
+    if importlib.util.find_spec("torch") is not None:
         pytest.skip("torch is installed here")
-    assert gpu.torch_status() is None
+    assert _torch.torch_status() is None
     with use(FakeNvml([t4()])):
-        assert gpu.verify_torch() is None
+        assert _gpu.verify_torch() is None
 
 
 def test_torch_that_fits_the_driver(torch_dir):
     _fake_torch(torch_dir, version="2.3.0+cu121", cuda="'12.1'")
     with use(FakeNvml([t4()])):
-        status = colabkit.require_gpu(check_torch=True) and gpu.verify_torch()
-    assert status == gpu.TorchStatus(version="2.3.0+cu121", cuda="12.1", available=True, device_count=1)
+        status = colabkit.require_gpu(check_torch=True) and _gpu.verify_torch()
+    assert status == _torch.TorchStatus(version="2.3.0+cu121", cuda="12.1", available=True, device_count=1)
     assert repr(status) == "TorchStatus(torch 2.3.0+cu121 (CUDA 12.1), sees the GPU)"
     assert "torch" not in sys.modules
 
@@ -504,7 +556,7 @@ def test_cpu_only_torch_is_a_mismatch(torch_dir):
 def test_torch_built_for_newer_cuda_than_driver(torch_dir, cuda, available):
     _fake_torch(torch_dir, version="2.9.0", cuda=cuda, available=available)
     with use(FakeNvml([t4()])), pytest.raises(CudaMismatchError) as err:
-        gpu.verify_torch()
+        _gpu.verify_torch()
     built = cuda.strip("'")
     assert err.value.message == (
         f"PyTorch 2.9.0 is built for CUDA {built}, newer than the CUDA 12.4 the NVIDIA driver 550.54.15 supports."
@@ -517,31 +569,31 @@ def test_torch_built_for_newer_cuda_than_driver(torch_dir, cuda, available):
 def test_newer_minor_cuda_that_works_is_accepted(torch_dir):
     _fake_torch(torch_dir, version="2.7.0", cuda="'12.6'", available="True")
     with use(FakeNvml([t4()])):
-        assert gpu.verify_torch().cuda == "12.6"
+        assert _gpu.verify_torch().cuda == "12.6"
 
 
 def test_torch_that_sees_no_gpu(torch_dir, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     _fake_torch(torch_dir, version="2.3.0", cuda="'12.1'", available="False")
     with use(FakeNvml([t4()])), pytest.raises(GpuError) as err:
-        gpu.verify_torch()
+        _gpu.verify_torch()
     assert err.value.message == "PyTorch 2.3.0 (CUDA 12.1) sees no GPU although NVML sees the Tesla T4."
     assert "CUDA_VISIBLE_DEVICES is '': unset it or list the GPU." in err.value.hint
 
 
 def test_torch_probe_failures_are_reported_not_raised(torch_dir):
     _fake_torch(torch_dir, extra="raise ImportError('libcudart.so.12: cannot open shared object file')")
-    status = gpu.torch_status()
+    status = _torch.torch_status()
     assert status.version is None
     assert status.error == "import torch failed: ImportError: libcudart.so.12: cannot open shared object file"
     with use(FakeNvml([t4()])):
-        assert gpu.verify_torch() == status
+        assert _gpu.verify_torch() == status
 
 
 def test_torch_probe_times_out(torch_dir):
     _fake_torch(torch_dir, extra="import time; time.sleep(30)")
-    status = gpu.torch_status(timeout=1)
-    assert status == gpu.TorchStatus(None, None, None, error="the torch check timed out after 1 s")
+    status = _torch.torch_status(timeout=1)
+    assert status == _torch.TorchStatus(None, None, None, error="the torch check timed out after 1 s")
 
 
 def test_fake_error_texts_match_nvidia_ml_py():
@@ -552,7 +604,7 @@ def test_fake_error_texts_match_nvidia_ml_py():
 
 
 def test_records_render_escaped_html():
-    proc = gpu.GpuProcess(0, 42, 3 * GIB, "python <train>.py")
+    proc = _gpu.GpuProcess(0, 42, 3 * GIB, "python <train>.py")
     assert proc._repr_html_() == "<code>GPU 0: pid 42, 3.0 GiB, python &lt;train&gt;.py</code>"
-    status = gpu.TorchStatus("2.5.1", None, False)
+    status = _torch.TorchStatus("2.5.1", None, False)
     assert status._repr_html_() == "<code>torch 2.5.1 (CPU-only build), sees no GPU</code>"

@@ -13,10 +13,10 @@ import pytest
 from fakes.colabvm import bindfs, kill_fuse
 
 import colabkit
-from colabkit import cli, history, projects, runtime
+from colabkit import _history, _project, _runtime, cli
 from colabkit.errors import MountError, ProjectNotFound
 
-BOOT_ID = runtime.boot_id()
+BOOT_ID = _runtime.boot_id()
 GIB = 2**30
 
 
@@ -72,7 +72,7 @@ def test_each_status_is_reported(tmp_path, alive, dead):
     _write(project, "20250101-200000-train", None)
     (project / "runs" / "notes.txt").write_text("not a run")
 
-    listed = history.runs(project)
+    listed = _history.runs(project)
     assert [(r.name[9:15], r.status) for r in listed] == [
         ("120000", "finished"), ("130000", "failed"), ("140000", "interrupted"), ("150000", "running"),
         ("160000", "lost"),  # another boot
@@ -92,11 +92,11 @@ def test_each_status_is_reported(tmp_path, alive, dead):
 def test_text_table_and_html(tmp_path):
     project = tmp_path / "proj"
     _write(project, "20250101-120000-<b>", _summary("finished", peak_gpu_bytes=3 * GIB))
-    text = str(history.runs(project)).splitlines()
+    text = str(_history.runs(project)).splitlines()
     assert text[0].split() == ["run", "status", "started", "duration", "peak", "GPU"]
     assert text[1].split()[:2] == ["20250101-120000-<b>", "finished"]
     assert text[1].endswith("41m12s    3.0 GiB")
-    html = history.runs(project)._repr_html_()
+    html = _history.runs(project)._repr_html_()
     assert "20250101-120000-&lt;b&gt;" in html and "<b>" not in html
     assert html.count("<tr>") == 2
 
@@ -104,15 +104,15 @@ def test_text_table_and_html(tmp_path):
 def test_empty_project_default_project_and_missing_project(tmp_path, monkeypatch):
     project = tmp_path / "proj"
     project.mkdir()
-    assert len(history.runs(project)) == 0
-    assert str(history.runs(project)) == f"No runs yet in {project / 'runs'}"
-    assert repr(history.runs(project)) == f"RunList(folder={str(project / 'runs')!r}, runs=[])"
+    assert len(_history.runs(project)) == 0
+    assert str(_history.runs(project)) == f"No runs yet in {project / 'runs'}"
+    assert repr(_history.runs(project)) == f"RunList(folder={str(project / 'runs')!r}, runs=[])"
     _write(project, "20250101-120000-train", _summary("finished"))
     monkeypatch.chdir(project)
-    assert [r.status for r in history.runs()] == ["finished"]  # no open project: the current directory
-    assert [r.status for r in history.runs(project / "runs")] == ["finished"]  # the runs folder itself
+    assert [r.status for r in _history.runs()] == ["finished"]  # no open project: the current directory
+    assert [r.status for r in _history.runs(project / "runs")] == ["finished"]  # the runs folder itself
     with pytest.raises(ProjectNotFound, match="No project folder at .*nowhere") as info:
-        history.runs(tmp_path / "nowhere")
+        _history.runs(tmp_path / "nowhere")
     assert info.value.hint == (
         "Pass the project folder that holds the runs folder, e.g. colabkit.runs('/content/drive/MyDrive/test'), "
         "or `colabkit runs PATH` in a terminal."
@@ -136,7 +136,7 @@ def test_stopped_status_reason_and_runs_started_in_the_same_second(tmp_path):
     _write(project, "20250101-120000-zeta", _summary("stopped", reason="budget", pid_create_time=1000.2))
     _write(project, "20250101-120000-alpha", _summary("finished", pid_create_time=1000.7))
     _write(project, "20250101-115959-omega", _summary("failed", pid_create_time=1003.0))  # an earlier second
-    listed = history.runs(project)
+    listed = _history.runs(project)
     assert [r.name for r in listed] == ["20250101-115959-omega", "20250101-120000-zeta", "20250101-120000-alpha"]
     assert (listed[1].status, listed[1].reason) == ("stopped", "budget")
 
@@ -145,7 +145,7 @@ def test_run_info_and_run_list_reprs(tmp_path):
     project = tmp_path / "proj"
     _write(project, "20250101-120000-train", _summary("finished", peak_gpu_bytes=3 * GIB))
     _write(project, "20250101-130000-<b>", "{broken")
-    listed = history.runs(project)
+    listed = _history.runs(project)
     folder = project / "runs"
     first = (
         f"RunInfo(name='20250101-120000-train', path={str(folder / '20250101-120000-train')!r}, status='finished', "
@@ -170,20 +170,36 @@ def test_project_name_is_resolved_on_drive_without_side_effects(tmp_path, monkey
     here = tmp_path / "elsewhere"
     _write(here / "test", "20250101-110000-train", _summary("failed"))  # ./test: must not be the one read
     monkeypatch.chdir(here)
-    assert [r.status for r in history.runs("test")] == ["failed"]  # no Drive nor stand-in: the current directory
+    assert [r.status for r in _history.runs("test")] == ["failed"]  # no Drive nor stand-in: the current directory
 
     root = tmp_path / "drive" / "MyDrive"  # the $COLABKIT_DRIVE stand-in of conftest
     _write(root / "test", "20250101-120000-train", _summary("finished"))
     for name in ("test", "MyDrive/test", "My Drive/test"):
-        listed = history.runs(name)
+        listed = _history.runs(name)
         assert [r.status for r in listed] == ["finished"], name
         assert listed.folder == root / "test" / "runs"
-    assert Path.cwd() == here and projects.current() is None  # nothing opened, no chdir
+    assert Path.cwd() == here and _project.current_project() is None  # nothing opened, no chdir
     with pytest.raises(ProjectNotFound) as info:
-        history.runs("tset")
+        _history.runs("tset")
     assert info.value.message == f"No project folder at {root / 'tset'}"
     assert info.value.path == str(root / "tset")
-    assert [r.status for r in history.runs(here / "test")] == ["failed"]  # an absolute path is taken as is
+    assert [r.status for r in _history.runs(here / "test")] == ["failed"]  # an absolute path is taken as is
+
+
+def test_shared_drive_names_are_resolved_beside_mydrive_as_project_does(tmp_path, capsys):
+    top = tmp_path / "drive"  # the $COLABKIT_DRIVE stand-in of conftest: its mountpoint
+    (top / "MyDrive").mkdir(parents=True)
+    _write(top / "Shareddrives/Lab/exp", "20250101-120000-train", _summary("finished"))
+    # where 0.1 looked: inside MyDrive, not beside it
+    _write(top / "MyDrive/Shareddrives/Lab/exp", "20250101-130000-train", _summary("failed"))
+    listed = colabkit.runs("Shareddrives/Lab/exp")
+    assert listed.folder == top / "Shareddrives/Lab/exp/runs"
+    assert [(r.name, r.status) for r in listed] == [("20250101-120000-train", "finished")]
+    _write(top / ".shortcut-targets-by-id/1AbC/data", "20250101-140000-train", _summary("interrupted"))
+    assert [r.status for r in colabkit.runs(".shortcut-targets-by-id/1AbC/data")] == ["interrupted"]
+    assert cli.main(["runs", "Shareddrives/Lab/exp"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["20250101-120000-train", "finished"]
+    assert colabkit.project("Shareddrives/Lab/exp").path == listed.folder.parent  # the same folder
 
 
 @pytest.mark.fuse
@@ -191,10 +207,10 @@ def test_dead_drive_mount_raises_mount_error_with_the_fix(tmp_path):
     backing = tmp_path / "backing"
     _write(backing / "proj", "20250101-120000-train", _summary("finished"))
     with bindfs(backing, tmp_path / "mnt") as mnt:
-        assert [r.status for r in history.runs(mnt / "proj")] == ["finished"]
+        assert [r.status for r in _history.runs(mnt / "proj")] == ["finished"]
         kill_fuse(mnt)
         with pytest.raises(MountError, match=r"^Drive at .*mnt is dead \(\[Errno 107\] Transport endpoint") as info:
-            history.runs(mnt / "proj")
+            _history.runs(mnt / "proj")
         err = info.value
         assert err.reason == "dead" and err.mountpoint == str(mnt)
         assert f"): cannot read {mnt / 'proj'}" in err.message
@@ -225,7 +241,7 @@ def test_real_runs_are_listed_in_order_with_status_and_duration(tmp_path, monkey
     after = datetime.now(timezone.utc)
     assert [r.status for r in results] == ["finished", "failed", "finished"]
 
-    listed = history.runs(str(project))
+    listed = _history.runs(str(project))
     assert [r.path for r in listed] == [r.log_dir for r in results]
     assert [(r.script, r.status, r.returncode) for r in listed] == [
         ("train.py", "finished", 0), ("broken.py", "failed", 3), ("train2.py", "finished", 0),
@@ -235,5 +251,5 @@ def test_real_runs_are_listed_in_order_with_status_and_duration(tmp_path, monkey
         assert before <= info.started <= info.ended <= after
         assert info.peak_gpu_bytes is None and info.problem is None
     assert listed[0].duration_s >= 0.3
-    assert [r.name for r in history.runs()] == [r.name for r in listed]  # the current directory by default
+    assert [r.name for r in _history.runs()] == [r.name for r in listed]  # the current directory by default
     assert cli.main(["runs", str(project)]) == 0

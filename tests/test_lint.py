@@ -1,4 +1,4 @@
-"""The linter holds the layering: pynvml only in gpu.py, google.colab only in colab.py."""
+"""The linter holds the foreign libraries to one home each: pynvml in _nvml.py, google.colab in _colab.py, psutil in _procs.py."""
 
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ def test_the_tree_is_clean():
 @pytest.mark.parametrize(
     ("module", "line", "allowed_in"),
     [
-        ("colabkit/runner.py", "import pynvml\n", "colabkit/gpu.py"),
-        ("colabkit/drive.py", "from google.colab import drive\n", "colabkit/colab.py"),
+        ("colabkit/_run.py", "import pynvml\n", "colabkit/_nvml.py"),
+        ("colabkit/_drive.py", "from google.colab import drive\n", "colabkit/_colab.py"),
+        ("colabkit/_monitor.py", "import psutil\n", "colabkit/_procs.py"),
     ],
 )
 def test_foreign_libraries_have_one_home(module, line, allowed_in):

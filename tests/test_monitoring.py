@@ -8,11 +8,13 @@ import os
 import threading
 from types import SimpleNamespace
 
+import psutil
 import pytest
 
-from colabkit import cli, monitoring
-from colabkit.gpu import DeviceReading
-from colabkit.monitoring import Sampler, Stats
+from colabkit import _display, _gpu, _monitor, _procs, _stats, cli
+from colabkit._monitor import Sampler
+from colabkit._nvml import DeviceReading
+from colabkit._stats import Stats
 
 GIB = 1024**3
 
@@ -196,7 +198,7 @@ def test_hidden_bytes_of_new_pids_fall_through_and_known_bytes_still_count():
     src, clock = ScriptedNvml(ticks), Clock()
     sampler = Sampler(src, clock, pid=me)
     sampler.capture_baseline()
-    sampler._tree.read = lambda: ({me, me + 1}, None)
+    sampler._tree.read = lambda now: ({me, me + 1}, None)
     hidden, known = drive(sampler, src, clock)
     assert (hidden.child_gpu_bytes, hidden.attribution) == (7 * GIB, "baseline")
     assert (known.child_gpu_bytes, known.attribution) == (3 * GIB, "pid")
@@ -232,12 +234,12 @@ def test_unreadable_fields_are_none_not_zero_and_a_raising_source_does_not_stop_
     assert first.util == (None,) and first.temp == (None,) and first.power_w == (None,)
     assert lost.used == (None,) and lost.total == (None,)
     assert sampler.stats().peak_used_bytes == 2 * GIB
-    assert "n/a" in monitoring.display.format_status(first, None, 1.0)
+    assert "n/a" in _display.format_status(first, None, 1.0)
 
 
 def test_no_gpu_still_tracks_ram_and_time():
     clock = Clock()
-    sampler = Sampler(monitoring._NoGpu(), clock, pid=os.getpid())
+    sampler = Sampler(_monitor._NoGpu(), clock, pid=os.getpid())
     clock.t += 2.5
     sample = sampler.sample_once()
     assert sample.used == () and sample.child_gpu_bytes is None and sample.attribution is None
@@ -250,15 +252,17 @@ def test_no_gpu_still_tracks_ram_and_time():
 
 def test_the_process_tree_is_walked_every_few_seconds_not_every_tick(monkeypatch):
     walks = []
-    real = monitoring._Tree._walk
+    real = psutil.Process.children
+    me = os.getpid()
 
-    def counting(self):
-        walks.append(self.clock())
-        real(self)
+    def counting(self, *args, **kwargs):
+        if self.pid == me:  # a walk of the watched tree
+            walks.append(clock())
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(monitoring._Tree, "_walk", counting)
+    monkeypatch.setattr(psutil.Process, "children", counting)
     clock = Clock()
-    sampler = Sampler(monitoring._NoGpu(), clock, interval=0.1, pid=os.getpid(), tree_refresh_s=3.0)
+    sampler = Sampler(_monitor._NoGpu(), clock, interval=0.1, pid=me, tree_refresh_s=3.0)
     for _ in range(50):  # 5 seconds of 0.1 s ticks
         clock.t += 0.1
         sampler.sample_once()
@@ -267,7 +271,7 @@ def test_the_process_tree_is_walked_every_few_seconds_not_every_tick(monkeypatch
 
 def test_interval_below_the_minimum_is_refused():
     with pytest.raises(ValueError, match=r"interval=0\.01 is too short: use at least 0\.05 seconds"):
-        Sampler(monitoring._NoGpu(), interval=0.01)
+        Sampler(_monitor._NoGpu(), interval=0.01)
 
 
 def test_metrics_csv_rows_are_on_disk_while_sampling(tmp_path):
@@ -308,10 +312,10 @@ def test_metrics_csv_that_cannot_be_written_any_more_does_not_stop_sampling():
 
 
 def test_reprs_are_short_and_html_is_escaped():
-    sample = monitoring.Sample(t=1.5, used=(2 * GIB,), total=(16 * GIB,), util=(None,))
+    sample = _stats.Sample(t=1.5, used=(2 * GIB,), total=(16 * GIB,), util=(None,))
     assert repr(sample) == "Sample(t=1.50, gpu=[2.0 GiB/16.0 GiB])"
-    assert repr(monitoring.Sample(t=0.0)) == "Sample(t=0.00)"
-    full = monitoring.Sample(
+    assert repr(_stats.Sample(t=0.0)) == "Sample(t=0.00)"
+    full = _stats.Sample(
         t=2.0,
         used=(GIB,),
         total=(4 * GIB,),
@@ -324,9 +328,9 @@ def test_reprs_are_short_and_html_is_escaped():
         repr(full)
         == "Sample(t=2.00, gpu=[1.0 GiB/4.0 GiB], util=[80%], child_gpu=1.0 GiB by pid, child_rss=1.0 GiB)"
     )
-    dev = monitoring.DeviceStats(0, 3 * GIB, None, 16 * GIB, None, None)
+    dev = _stats.DeviceStats(0, 3 * GIB, None, 16 * GIB, None, None)
     assert repr(dev) == "DeviceStats(index=0, peak=3.0 GiB/16.0 GiB)"
-    dev = monitoring.DeviceStats(1, 3 * GIB, 2 * GIB, 16 * GIB, 50.0, 90)
+    dev = _stats.DeviceStats(1, 3 * GIB, 2 * GIB, 16 * GIB, 50.0, 90)
     assert repr(dev) == "DeviceStats(index=1, peak=3.0 GiB/16.0 GiB, mean=2.0 GiB, util mean 50% p95 90%)"
     stats = Stats(duration_s=1.0, n_samples=1, gpu_count=1, devices=(dev,), attribution="<b>")
     for obj in (sample, dev, stats):
@@ -336,7 +340,7 @@ def test_reprs_are_short_and_html_is_escaped():
 
 
 def test_monitor_context_manager_without_gpu_says_so(capsys):
-    with monitoring.monitor(interval=0.05, source=monitoring._NoGpu()) as m:
+    with _monitor.monitor(interval=0.05, source=_monitor._NoGpu()) as m:
         assert m.running
         data = bytearray(8 * 1024 * 1024)
     del data
@@ -352,7 +356,7 @@ def test_monitor_context_manager_without_gpu_says_so(capsys):
 def test_monitor_with_a_scripted_gpu_attributes_to_this_process():
     me = os.getpid()
     src = ScriptedNvml([[(reading(3), [(me, 2 * GIB)])]])
-    with monitoring.monitor(interval=0.05, source=src) as m:
+    with _monitor.monitor(interval=0.05, source=src) as m:
         pass
     assert m.stats.attribution == "pid" and m.stats.child_peak_gpu_bytes == 2 * GIB
     assert m.stats.peak_used_bytes == 3 * GIB
@@ -361,29 +365,31 @@ def test_monitor_with_a_scripted_gpu_attributes_to_this_process():
 def test_watch_frame_lists_gpus_and_processes():
     src = ScriptedNvml([[(reading(3, util=87, temp=64, power=71.6), [])]])
     procs = [SimpleNamespace(gpu_index=0, pid=1234, used_bytes=2 * GIB, command="python train.py")]
-    frame = monitoring._watch_frame(src, procs).splitlines()
+    ram = _procs.HostMemory(total=16 * GIB, available=12 * GIB)
+    frame = cli._watch_frame(src, procs, ram).splitlines()
     assert frame[1] == "GPU 0: 3.0 GiB / 16.0 GiB  util 87%  64°C  72 W"
     assert frame[2] == "  pid    1234     2.0 GiB  python train.py"
-    assert frame[3].startswith("RAM: ")
+    assert frame[3] == "RAM: 4.0 GiB / 16.0 GiB"
 
 
 def test_watch_cli_without_gpu(capsys, monkeypatch):
-    monkeypatch.setattr(monitoring, "_default_source", monitoring._NoGpu)
-    monkeypatch.setattr(monitoring, "_gpu_processes", list)
+    monkeypatch.setattr(_monitor, "default_source", _monitor._NoGpu)
+    monkeypatch.setattr(_gpu, "gpu_processes", list)
     assert cli.main(["watch", "-n", "0.05"]) == 1  # no --count: it must not loop
     out, err = capsys.readouterr()
     assert out == ""
+    # the one text of "no GPU" (errors.NoGpuError.for_runtime), said for this terminal runtime
     assert err.splitlines() == [
-        "colabkit watch: no NVIDIA GPU visible (NVML found none)",
-        "HINT: On Colab pick Runtime → Change runtime type → T4 GPU → Save; elsewhere check that "
-        "`nvidia-smi` lists a GPU",
+        "colabkit watch: No NVIDIA GPU found (NVML found none).",
+        "HINT: Install the NVIDIA driver for this machine's GPU and check that `nvidia-smi` lists it; "
+        "in a container, start it with GPU access (docker run --gpus all ...).",
     ]
 
 
 def test_watch_cli_with_a_gpu_draws_count_frames(capsys, monkeypatch):
     src = ScriptedNvml([[(reading(3, util=87, temp=64, power=71.6), [])]])
-    monkeypatch.setattr(monitoring, "_default_source", lambda: src)
-    monkeypatch.setattr(monitoring, "_gpu_processes", list)
+    monkeypatch.setattr(_monitor, "default_source", lambda: src)
+    monkeypatch.setattr(_gpu, "gpu_processes", list)
     assert cli.main(["watch", "-n", "0.05", "--count", "2"]) == 0
     out = capsys.readouterr().out
     assert out.count("GPU 0: 3.0 GiB / 16.0 GiB  util 87%  64°C  72 W") == 2

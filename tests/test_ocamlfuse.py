@@ -11,7 +11,7 @@ import pytest
 from fakes.colabvm import BIN, fuse_pid, kill_fuse, mount_table, unmount_under
 
 import colabkit
-from colabkit import drive
+from colabkit import _mounts
 from colabkit.errors import MountError
 
 SECRET = "GOCSPX-s3cr3t-client-secret"
@@ -56,7 +56,7 @@ def test_service_account(gd, tmp_path):
     )
     point = tmp_path / "gdrive"
     m = colabkit.mount("ocamlfuse", point, service_account=key)
-    assert m == drive.Mount("ocamlfuse", point, point, False)
+    assert m == _mounts.Mount("ocamlfuse", point, point, False)
     assert mount_table()[str(point)] == FSTYPE
     assert (m.root / "paper.txt").read_text() == "draft"
     logs = _logs(tmp_path)
@@ -85,7 +85,7 @@ def test_pre_authorized_state_folder(gd, tmp_path, monkeypatch):
     assert copied.read_text() == "refresh_token=abc\n"
     assert stat.S_IMODE(copied.stat().st_mode) == 0o600
     assert stat.S_IMODE(copied.parent.stat().st_mode) == 0o700
-    assert drive._table_entry(point)[0] == FSTYPE
+    assert _mounts.entry(point).fstype == FSTYPE
     assert colabkit.mount("ocamlfuse", point, label="lab") == m
 
 
@@ -284,7 +284,7 @@ def test_tool_that_hangs_is_a_timeout(gd, tmp_path, monkeypatch):
 
 
 def test_install_that_hangs_is_a_missing_tool_error(tmp_path, monkeypatch):
-    from colabkit import ocamlfuse
+    from colabkit import _ocamlfuse
 
     sysroot = tmp_path / "box"
     (sysroot / "etc").mkdir(parents=True)
@@ -296,7 +296,7 @@ def test_install_that_hangs_is_a_missing_tool_error(tmp_path, monkeypatch):
         (tools / name).write_text("#!/bin/sh\nexec sleep 30\n")  # exec: the pipes close when it is killed
         (tools / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{tools}{os.pathsep}/usr/bin:/bin")
-    monkeypatch.setattr(ocamlfuse, "INSTALL_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(_ocamlfuse, "INSTALL_TIMEOUT_S", 0.5)
     with pytest.raises(
         MountError, match="installing google-drive-ocamlfuse hung at 'add-apt-repository"
     ) as info:
@@ -317,7 +317,7 @@ def test_readonly_must_match_the_live_mount(gd, tmp_path):
     assert info.value.reason == "readonly"
     assert "colabkit.mount('ocamlfuse', readonly=True, force=True)" in info.value.hint
     m = colabkit.mount("ocamlfuse", point, service_account=key, readonly=True, force=True)
-    assert m.readonly and "ro" in drive._table_entry(point)[1]
+    assert m.readonly and "ro" in _mounts.entry(point).options
 
 
 @pytest.mark.fuse

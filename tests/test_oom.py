@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from colabkit import oom
+from colabkit import _oom
 
 TORCH_2 = (
     "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
@@ -51,7 +51,7 @@ JAX = "jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory w
     ],
 )
 def test_recognised(text, framework):
-    assert oom.detect('Traceback (most recent call last):\n  File "train.py", line 9\n' + text) == framework
+    assert _oom.detect('Traceback (most recent call last):\n  File "train.py", line 9\n' + text) == framework
 
 
 @pytest.mark.parametrize(
@@ -67,18 +67,18 @@ def test_recognised(text, framework):
     ],
 )
 def test_not_an_oom(text):
-    assert oom.detect(text) is None
+    assert _oom.detect(text) is None
 
 
 def test_tried_allocation_is_parsed():
-    assert oom.tried_bytes(TORCH_2) == 2 * 1024**3
-    assert oom.tried_bytes(TORCH_CUBLAS) is None  # a raw CUDA failure does not say the size
-    assert oom.tried_bytes(TORCH_1) == 20 * 1024**2
-    assert oom.tried_bytes(TF) is None
+    assert _oom.tried_bytes(TORCH_2) == 2 * 1024**3
+    assert _oom.tried_bytes(TORCH_CUBLAS) is None  # a raw CUDA failure does not say the size
+    assert _oom.tried_bytes(TORCH_1) == 20 * 1024**2
+    assert _oom.tried_bytes(TF) is None
 
 
 def test_advice_names_the_concrete_fixes():
-    text = oom.advice("pytorch")
+    text = _oom.advice("pytorch")
     for needle in (
         "batch size",
         "mixed precision",
@@ -86,15 +86,15 @@ def test_advice_names_the_concrete_fixes():
         "PYTORCH_CUDA_ALLOC_CONF': 'expandable_segments:True",
     ):
         assert needle in text
-    assert "TF_FORCE_GPU_ALLOW_GROWTH=true" in oom.advice("tensorflow")
-    assert "XLA_PYTHON_CLIENT_PREALLOCATE=false" in oom.advice("jax")
+    assert "TF_FORCE_GPU_ALLOW_GROWTH=true" in _oom.advice("tensorflow")
+    assert "XLA_PYTHON_CLIENT_PREALLOCATE=false" in _oom.advice("jax")
 
 
 def test_message_names_peak_total_and_the_failed_allocation():
-    assert oom.message("pytorch", "train.py", 14 * 1024**3, 15 * 1024**3, 2 * 1024**3) == (
+    assert _oom.message("pytorch", "train.py", 14 * 1024**3, 15 * 1024**3, 2 * 1024**3) == (
         "train.py ran out of GPU memory (PyTorch): peak seen 14.0 GiB of 15.0 GiB, failed allocating 2.0 GiB more"
     )
     assert (
-        oom.message("jax", "t.py", None, None, None)
+        _oom.message("jax", "t.py", None, None, None)
         == "t.py ran out of GPU memory (JAX): peak seen n/a of n/a"
     )

@@ -1,4 +1,4 @@
-"""projects.py: resolve the folder on Drive, chdir, sys.path, and a real pip install behind a stamp."""
+"""_project.py: resolve the folder on Drive, chdir, sys.path, and a real pip install behind a stamp."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 import re
+import site
 import subprocess
 import sys
 import zipfile
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import colabkit
-from colabkit import drive, projects
+from colabkit import _drive, _files, _mounts, _project
 from colabkit.errors import InstallError, ProjectNotFound
 
 
@@ -30,21 +31,21 @@ def mydrive(tmp_path):
 
 
 def test_names_resolve_under_mydrive(mydrive):
-    assert projects.current() is None
+    assert _project.current_project() is None
     for spelling in ("test", "MyDrive/test", "My Drive/test", str(mydrive / "test")):
         p = colabkit.project(spelling)
         assert p.path == mydrive / "test" and p.name == "test", spelling
         assert Path.cwd() == mydrive / "test"
         assert sys.path[0] == str(mydrive / "test")
         assert sys.path.count(str(mydrive / "test")) == 1
-        assert projects.current() == p
+        assert _project.current_project() == p
     assert p.requirements == "none"
     assert repr(p) == f"Project(name='test', path='{mydrive}/test', requirements='none')"
 
 
 def test_relative_name_mounts_the_local_stand_in(mydrive):
     colabkit.project("thesis")
-    assert drive.find_mount().root == mydrive
+    assert _drive.find_mount().root == mydrive
 
 
 def test_not_found_lists_the_closest_names(mydrive):
@@ -55,7 +56,7 @@ def test_not_found_lists_the_closest_names(mydrive):
     assert err.candidates == ("test",) and err.path == str(mydrive / "tset")
     assert "'tset' not found" in err.message
     assert err.hint == "Did you mean 'test'? Pass that name to colabkit.project()."
-    assert projects.current() is None
+    assert _project.current_project() is None
 
 
 def test_not_found_without_close_names_says_to_upload(mydrive):
@@ -96,6 +97,47 @@ def test_shared_drives_and_shortcuts_sit_beside_mydrive(mydrive):
     assert info.value.path == str(top / "Shareddrives/Lab/exq") and info.value.candidates == ("exp",)
 
 
+# -- locate(): where a name points on a Mount, without looking at the disk ---------------------------
+
+_COLAB = _mounts.Mount("drive", Path("/content/drive"), Path("/content/drive/MyDrive"))
+_OCAMLFUSE = _mounts.Mount("ocamlfuse", Path("/content/gdrive"), Path("/content/gdrive"))
+
+
+def test_locate_a_plain_name_is_under_the_drive_root():
+    assert _project.locate("test", _COLAB) == Path("/content/drive/MyDrive/test")
+    assert _project.locate(Path("exp/run1"), _COLAB) == Path("/content/drive/MyDrive/exp/run1")
+    assert _project.locate("test", _OCAMLFUSE) == Path("/content/gdrive/test")
+
+
+def test_locate_mydrive_prefix_is_the_drive_root():
+    for spelling in ("MyDrive/test", "My Drive/test"):
+        assert _project.locate(spelling, _COLAB) == Path("/content/drive/MyDrive/test"), spelling
+        assert _project.locate(spelling, _OCAMLFUSE) == Path("/content/gdrive/test"), spelling
+    assert _project.locate("MyDrive", _COLAB) == Path("/content/drive/MyDrive")
+    assert _project.locate("My Drive", _COLAB) == Path("/content/drive/MyDrive")
+
+
+def test_locate_shared_drives_and_shortcuts_sit_beside_mydrive():
+    assert _project.locate("Shareddrives/Lab/exp", _COLAB) == Path("/content/drive/Shareddrives/Lab/exp")
+    assert _project.locate(".shortcut-targets-by-id/1AbC/data", _COLAB) == Path(
+        "/content/drive/.shortcut-targets-by-id/1AbC/data"
+    )
+    assert _project.locate("Shareddrives/Lab/exp", _OCAMLFUSE) == Path("/content/gdrive/Shareddrives/Lab/exp")
+
+
+def test_locate_an_absolute_path_is_taken_as_it_is(tmp_path):
+    assert _project.locate("/data/test", _COLAB) == Path("/data/test")
+    assert _project.locate(tmp_path / "x", _COLAB) == tmp_path / "x"
+    assert _project.locate("~/test", _COLAB) == Path.home() / "test"  # ~ is expanded first
+
+
+def test_locate_never_touches_the_disk(tmp_path):
+    # nothing of the mount exists: locate() only computes where the name points
+    gone = _mounts.Mount("local", tmp_path / "none", tmp_path / "none/MyDrive")
+    assert _project.locate("test", gone) == tmp_path / "none/MyDrive/test"
+    assert not (tmp_path / "none").exists()
+
+
 # -- requirements, installed for real into a throwaway virtual environment -------------------------
 
 
@@ -129,14 +171,20 @@ def venv(tmp_path, monkeypatch):
         [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(env)], check=True
     )
     python = env / "bin/python"
+    purelib = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    # --system-site-packages shares the base interpreter's packages only: when the tests run inside a
+    # virtual environment, a .pth file adds that environment's too (pip, psutil), after the new venv's own
+    shared = {p for p in site.getsitepackages() if Path(p).is_dir()}
+    (purelib / "_outer_site_packages.pth").write_text("".join(f"{p}\n" for p in sorted(shared)))
     monkeypatch.setattr(sys, "executable", str(python))
-    purelib = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    return Path(purelib)
+    return purelib
 
 
 def test_requirements_installed_once_per_change(mydrive, venv, tmp_path, capsys):
@@ -185,7 +233,7 @@ def test_failed_install_shows_pips_tail(mydrive, venv, tmp_path, capsys):
 
 def test_preinstalled_packages_are_not_replaced_unless_asked(mydrive, venv, tmp_path, monkeypatch):
     # psutil stands in for a preinstalled package: installed here, and a fake older release is offered
-    monkeypatch.setattr(projects, "PREINSTALLED", ("psutil",))
+    monkeypatch.setattr(_project, "PREINSTALLED", ("psutil",))
     have = metadata.version("psutil")
     wheels = tmp_path / "wheels"
     _wheel(wheels, "psutil", "0.0.1")
@@ -201,7 +249,7 @@ def test_preinstalled_packages_are_not_replaced_unless_asked(mydrive, venv, tmp_
 
 
 def test_kept_packages_are_reported(mydrive, venv, tmp_path, monkeypatch):
-    monkeypatch.setattr(projects, "PREINSTALLED", ("psutil",))
+    monkeypatch.setattr(_project, "PREINSTALLED", ("psutil",))
     (mydrive / "test/requirements.txt").write_text("--no-index\npsutil>=1.0  # any recent\n")
     p = colabkit.project("test")
     assert p.kept == (f"psutil {metadata.version('psutil')}",)
@@ -224,8 +272,14 @@ def _refuse_writes_under(monkeypatch, folder: Path) -> None:
         refuse(self)
         return real_write(self, *args, **kwargs)
 
+    def replacing(path, *args, **kwargs):  # colabkit's atomic writes
+        refuse(path)
+        return real_replacing(path, *args, **kwargs)
+
+    real_replacing = _files.replacing
     monkeypatch.setattr(Path, "mkdir", mkdir)
     monkeypatch.setattr(Path, "write_text", write_text)
+    monkeypatch.setattr(_files, "replacing", replacing)
 
 
 def _tiny_requirements(project: Path, tmp_path: Path) -> None:
@@ -255,7 +309,7 @@ def _read_only_install(mydrive, capsys, cache: Path) -> None:
 
 
 def test_read_only_project_keeps_its_stamp_in_the_cache(mydrive, venv, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(projects, "PREINSTALLED", ("psutil",))
+    monkeypatch.setattr(_project, "PREINSTALLED", ("psutil",))
     monkeypatch.setenv("COLABKIT_CACHE", str(tmp_path / "cache"))
     _tiny_requirements(mydrive / "test", tmp_path)
     _refuse_writes_under(monkeypatch, mydrive / "test")
@@ -265,7 +319,7 @@ def test_read_only_project_keeps_its_stamp_in_the_cache(mydrive, venv, tmp_path,
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a folder whatever its mode")
 def test_read_only_project_by_mode(mydrive, venv, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(projects, "PREINSTALLED", ("psutil",))
+    monkeypatch.setattr(_project, "PREINSTALLED", ("psutil",))
     project = mydrive / "test"
     _tiny_requirements(project, tmp_path)
     project.chmod(0o555)
@@ -276,15 +330,23 @@ def test_read_only_project_by_mode(mydrive, venv, tmp_path, monkeypatch, capsys)
 
 
 def test_other_write_errors_are_not_hidden(mydrive, venv, tmp_path, monkeypatch):
-    monkeypatch.setattr(projects, "PREINSTALLED", ("psutil",))
+    monkeypatch.setattr(_project, "PREINSTALLED", ("psutil",))
     (mydrive / "test/requirements.txt").write_text("--no-index\npsutil\n")
-    real_write = Path.write_text
+    real_write, real_replacing = Path.write_text, _files.replacing
+
+    def no_space(path: Path) -> None:
+        if path.parent == mydrive / "test/.colabkit":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     def full(self, *args, **kwargs):
-        if self.parent == mydrive / "test/.colabkit":
-            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        no_space(self)
         return real_write(self, *args, **kwargs)
 
+    def replacing(path, *args, **kwargs):  # colabkit's atomic writes
+        no_space(path)
+        return real_replacing(path, *args, **kwargs)
+
     monkeypatch.setattr(Path, "write_text", full)
+    monkeypatch.setattr(_files, "replacing", replacing)
     with pytest.raises(OSError, match="No space left on device"):
         colabkit.project("test")

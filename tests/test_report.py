@@ -1,4 +1,4 @@
-"""colabkit.report: info() and doctor() verdicts on a faked machine root, a scripted NVML and real folders."""
+"""colabkit._report: info() and doctor() verdicts on a faked machine root, a scripted NVML and real folders."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from fakes.colabvm import bindfs
 from fakes.nvml import GIB, FakeDevice, FakeNvml
 
 import colabkit
-from colabkit import gpu, report
+from colabkit import _drive, _nvml, _report
 
 T4_LINE = "Tesla T4, 15.0 GiB (0.5 GiB used), driver 550.54.15, CUDA 12.4, sm 7.5"
 
@@ -35,17 +35,15 @@ def machine(tmp_path, monkeypatch):
 @pytest.fixture
 def t4():
     lib = FakeNvml([FakeDevice(used=512 * 1024**2)])
-    with gpu._use_library(lib):
+    with _nvml._use_library(lib):
         yield lib
 
 
 @pytest.fixture
 def drive_module(monkeypatch):
-    """colabkit.drive with a scripted find_mount() (restored after the test)."""
-    from colabkit import drive
-
-    monkeypatch.setattr(drive, "find_mount", lambda: None)
-    return drive
+    """colabkit._drive with a scripted find_mount() (restored after the test)."""
+    monkeypatch.setattr(_drive, "find_mount", lambda: None)
+    return _drive
 
 
 def _mount(root: Path, *, readonly=False, method="local"):
@@ -108,7 +106,7 @@ def test_info_survives_a_broken_drive_probe(machine, t4, drive_module):
 
 
 def test_info_html_is_escaped(machine, drive_module):
-    with gpu._use_library(FakeNvml([FakeDevice(name="<script>alert(1)</script>")])):
+    with _nvml._use_library(FakeNvml([FakeDevice(name="<script>alert(1)</script>")])):
         html = colabkit.info()._repr_html_()
     assert "<script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
@@ -148,7 +146,7 @@ def test_doctor_all_good(machine, t4, drive_module, tmp_path):
 
 def test_doctor_without_gpu_fails_with_the_fix(machine, drive_module, monkeypatch):
     monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20250101-060000_RC00")
-    with gpu._use_library(FakeNvml([])):
+    with _nvml._use_library(FakeNvml([])):
         result = colabkit.doctor()
     check = result["gpu"]
     assert (check.status, check.detail) == ("fail", "No NVIDIA GPU on this Colab runtime (NVML sees 0 GPUs).")
@@ -164,7 +162,7 @@ def test_doctor_names_processes_holding_gpu_memory(machine, drive_module):
     child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
         lib = FakeNvml([FakeDevice(compute=[(child.pid, 3 * GIB)])])
-        with gpu._use_library(lib):
+        with _nvml._use_library(lib):
             check = colabkit.doctor()["gpu processes"]
     finally:
         child.stdin.close()
@@ -178,7 +176,7 @@ def test_doctor_names_processes_holding_gpu_memory(machine, drive_module):
 
 
 def test_doctor_drive_verdicts(machine, t4, drive_module, tmp_path):
-    assert colabkit.doctor()["drive"] == report.Check(
+    assert colabkit.doctor()["drive"] == _report.Check(
         "drive",
         "warn",
         "Drive is not mounted",
@@ -217,11 +215,11 @@ def test_doctor_finds_a_mount_that_refuses_writes(machine, t4, drive_module, tmp
 
 def test_doctor_disk_thresholds(machine, t4, drive_module, monkeypatch):
     free = shutil.disk_usage(machine / "content").free
-    monkeypatch.setattr(report, "_DISK_WARN_BYTES", free + 100 * GIB)
+    monkeypatch.setattr(_report, "_DISK_WARN_BYTES", free + 100 * GIB)
     check = colabkit.doctor()["disk"]
     assert check.status == "warn" and check.detail.endswith(f" at {machine / 'content'}")
     assert "du -sh ~/.cache/* | sort -h" in check.fix
-    monkeypatch.setattr(report, "_DISK_FAIL_BYTES", free + 100 * GIB)
+    monkeypatch.setattr(_report, "_DISK_FAIL_BYTES", free + 100 * GIB)
     assert colabkit.doctor()["disk"].status == "fail"
 
 
@@ -229,9 +227,9 @@ def test_a_crashing_check_is_reported_and_doctor_goes_on(machine, t4, drive_modu
     def broken(path):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(report.shutil, "disk_usage", broken)
+    monkeypatch.setattr(_report.shutil, "disk_usage", broken)
     result = colabkit.doctor()
-    assert result["disk"] == report.Check(
+    assert result["disk"] == _report.Check(
         "disk",
         "fail",
         "the check itself failed: OSError: [Errno 5] Input/output error",
@@ -258,7 +256,7 @@ def test_doctor_finds_the_dead_ocamlfuse_recipe(machine, t4, drive_module, monke
     (label / "config").write_text(
         "client_id=32555940559.apps.googleusercontent.com\nclient_secret=not-a-real-secret-7c1e\n"
     )
-    monkeypatch.setattr(report, "_installed", lambda dist: dist == "oauth2client")
+    monkeypatch.setattr(_report, "_installed", lambda dist: dist == "oauth2client")
     check = colabkit.doctor()["ocamlfuse recipe"]
     assert check.status == "warn"
     assert check.detail.startswith(
@@ -275,7 +273,7 @@ def test_doctor_finds_the_dead_ocamlfuse_recipe(machine, t4, drive_module, monke
 
 
 def test_own_ocamlfuse_client_id_is_fine_once_authorized(machine, t4, drive_module, monkeypatch):
-    monkeypatch.setattr(report, "_installed", lambda dist: True)  # oauth2client alone is no leftover
+    monkeypatch.setattr(_report, "_installed", lambda dist: True)  # oauth2client alone is no leftover
     label = Path.home() / ".gdfuse" / "mine"
     label.mkdir(parents=True)
     (label / "config").write_text("client_id=1234-abc.apps.googleusercontent.com\n")
@@ -291,7 +289,7 @@ def test_doctor_warns_near_the_vm_limit(machine, t4, drive_module, monkeypatch):
     monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20250101-060000_RC00")
     (machine / "proc" / "uptime").write_text(f"{11.5 * 3600} 1.0\n")
     check = colabkit.doctor()["vm time"]
-    assert check == report.Check(
+    assert check == _report.Check(
         "vm time",
         "warn",
         "up 11h30m of ~12h00m, about 30m00s left",
@@ -317,10 +315,10 @@ def test_doctor_torch_check_runs_in_a_child(machine, t4, drive_module, tmp_path,
 
 
 def test_doctor_html_is_escaped_and_coloured():
-    result = report.Doctor(
+    result = _report.Doctor(
         (
-            report.Check("gpu", "fail", "<b>lost</b>", "use <Runtime> & retry"),
-            report.Check("disk", "ok", "fine"),
+            _report.Check("gpu", "fail", "<b>lost</b>", "use <Runtime> & retry"),
+            _report.Check("disk", "ok", "fine"),
         )
     )
     html = result._repr_html_()
@@ -334,8 +332,8 @@ def test_drive_probe_gives_up_on_a_hung_mount(machine, t4, drive_module, tmp_pat
     import threading
 
     release = threading.Event()
-    monkeypatch.setattr(report, "_DRIVE_PROBE_TIMEOUT_S", 0.2)
-    monkeypatch.setattr(report, "_write_probe", lambda root: release.wait(10))
+    monkeypatch.setattr(_report, "_DRIVE_PROBE_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(_report, "_write_probe", lambda root: release.wait(10))
     drive_module.find_mount = lambda: _mount(tmp_path)
     started = time.monotonic()
     check = colabkit.doctor()["drive"]

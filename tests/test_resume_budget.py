@@ -12,9 +12,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from colabkit import _budget, _group, _stream, checkpoint, cli, runner, runtime
+from colabkit import _checkpoint, _loop, _procs, _run, _runtime, cli
+from colabkit._run import run
+from colabkit._spec import RunSpec, parse_duration
 from colabkit.errors import ColabkitWarning, RunFailed
-from colabkit.runner import run
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def proj(tmp_path, monkeypatch):
     folder = tmp_path / "proj"
     folder.mkdir()
     monkeypatch.chdir(folder)
-    monkeypatch.setattr(runner, "_project_dir", lambda: None)
+    monkeypatch.setattr(_run, "_project_dir", lambda: None)
     return folder
 
 
@@ -36,7 +37,7 @@ def script(folder: Path, name: str, body: str) -> Path:
 # sees it, saves a checkpoint where run() says, and exits 0.
 SAVER = """
 import os, signal, time
-from colabkit import checkpoint
+from colabkit import _checkpoint
 stop = False
 def on_term(signum, frame):
     global stop
@@ -48,7 +49,7 @@ while not stop:
     time.sleep(0.01)
     step += 1
 got_term = time.time()
-path = checkpoint.save({"step": step, "got_term": got_term}, os.environ["COLABKIT_CHECKPOINT_DIR"])
+path = _checkpoint.save({"step": step, "got_term": got_term}, os.environ["COLABKIT_CHECKPOINT_DIR"])
 print(f"saved {path.name}", flush=True)
 """
 
@@ -71,38 +72,42 @@ print(f"saved {path.name}", flush=True)
     ],
 )
 def test_budget_forms(text, seconds):
-    assert _budget.parse_duration(text) == seconds
+    assert parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("bad", ["2 hours", "h", "", "1m2h", "-5m", "2d", "nan", True, None, [1]])
 def test_bad_budget_names_the_value_and_the_forms(bad):
     with pytest.raises(ValueError) as info:
-        _budget.parse_duration(bad)
+        parse_duration(bad)
     assert str(info.value).startswith(f"budget={bad!r} ")
     assert str(info.value).endswith('use "2h", "90m", "45s", "1h30m", or a number of seconds')
 
 
 def test_zero_or_negative_budget_is_refused():
     with pytest.raises(ValueError, match=r"budget=0 must be more than 0 seconds"):
-        _budget.parse_duration(0)
+        parse_duration(0)
     with pytest.raises(ValueError, match=r"grace='-1' must be more than 0 seconds"):
-        _budget.parse_duration("-1", "grace")
+        parse_duration("-1", "grace")
 
 
 def test_grace_defaults_to_a_minute_or_a_tenth_and_is_checked():
-    terminal = runtime.Runtime(kind="terminal")
-    plan = _budget.plan("2h", None, terminal)
-    assert (plan.budget, plan.grace, plan.term_at, plan.kill_at) == (7200.0, 60.0, 7140.0, 7200.0)
-    assert _budget.plan("5m", None, terminal).grace == 30.0
-    assert _budget.plan(10, 0, terminal).term_at == 10.0
-    assert _budget.plan("1h", "5m", terminal).term_at == 3300.0
-    assert _budget.plan(None, None, terminal) is None
+    terminal = _runtime.Runtime(kind="terminal")
+
+    def plan(budget, grace):
+        return RunSpec.build("x.py", budget=budget, grace=grace).plan(terminal)
+
+    first = plan("2h", None)
+    assert (first.budget, first.grace, first.term_at, first.kill_at) == (7200.0, 60.0, 7140.0, 7200.0)
+    assert plan("5m", None).grace == 30.0
+    assert plan(10, 0).term_at == 10.0
+    assert plan("1h", "5m").term_at == 3300.0
+    assert plan(None, None) is None
     with pytest.raises(
         ValueError, match=r"grace=5 is not shorter than budget=5: pass a grace of a few minutes"
     ):
-        _budget.plan(5, 5, terminal)
+        plan(5, 5)
     with pytest.raises(ValueError, match=r"grace=10 needs a budget: pass budget= too"):
-        _budget.plan(None, 10, terminal)
+        plan(None, 10)
 
 
 def test_bad_arguments_are_refused_before_anything_starts(proj):
@@ -126,9 +131,9 @@ def test_sigterm_comes_a_grace_before_the_budget_and_the_script_saves_in_time(pr
     t_end = time.time()
     assert (r.status, r.reason, r.returncode) == ("finished", "budget", 0)
     assert r.check() is r  # exiting 0 after saving is no failure
-    saved = checkpoint.latest(proj / "checkpoints")
+    saved = _checkpoint.latest(proj / "checkpoints")
     assert saved is not None
-    state = checkpoint.load(saved)
+    state = _checkpoint.load(saved)
     # in order: the run starts, 1 s later SIGTERM, then the save, then the run ends before the budget
     assert t0 + 1.0 <= state["got_term"] <= saved.stat().st_mtime <= t_end
     assert 1.0 <= r.duration_s < 3.0
@@ -180,7 +185,7 @@ def test_a_script_ignoring_sigterm_is_killed_at_the_budget_with_its_whole_group(
     assert "[colabkit] run stopped (budget)" in log
     summary = json.loads((r.log_dir / "summary.json").read_text())
     assert (summary["status"], summary["reason"], summary["returncode"]) == ("stopped", "budget", -9)
-    assert _group.group_members(summary["pid"]) == []
+    assert _procs.group_members(summary["pid"]) == []
     assert not psutil.pid_exists(kid) or psutil.Process(kid).status() == psutil.STATUS_ZOMBIE
 
 
@@ -201,11 +206,11 @@ def test_a_script_done_before_its_budget_is_left_alone(proj):
 
 
 def test_the_status_line_shows_the_time_left():
-    state = runner._Run("t.py", (), Path("."), None, _budget.plan(60, 10, runtime.Runtime(kind="terminal")))
-    assert _stream.status_text(None, 15.0, state) == "15.0s · 45.0s left"
-    state.term_sent = 50.0
-    assert _stream.status_text(None, 52.0, state) == "52.0s · SIGTERM sent, SIGKILL in 8.0s"
-    assert _stream.status_text(None, 15.0) == "15.0s"
+    budget = RunSpec.build("t.py", budget=60, grace=10).plan(_runtime.Runtime(kind="terminal"))
+    facts = {"reason": None, "step": None, "due": None, "budget": budget}
+    assert _loop.countdown(15.0, term_sent=None, **facts) == " · 45.0s left"
+    assert _loop.countdown(52.0, term_sent=50.0, **facts) == " · SIGTERM sent, SIGKILL in 8.0s"
+    assert _loop.countdown(15.0, reason=None, step=None, due=None, budget=None, term_sent=None) == ""
 
 
 # -- the Colab VM limit ----------------------------------------------------------------------------
@@ -235,7 +240,7 @@ def test_a_budget_past_the_vm_limit_warns_once_and_stops_before_the_vm_ends(
     assert (r.status, r.reason, r.returncode) == ("finished", "budget", 0)
     assert r.budget == 7200.0 and 1.9 <= r.stop_at <= 2.0
     assert r.duration_s < 4.0
-    assert checkpoint.latest(proj / "checkpoints") is not None
+    assert _checkpoint.latest(proj / "checkpoints") is not None
     out = capsys.readouterr().out
     assert "colabkit: VM up 11h59m of ~12h00m; about 2.0s left\n" in out
 
@@ -269,7 +274,7 @@ def test_the_vm_line_is_printed_on_colab_only(proj, tmp_path, monkeypatch, capsy
 # -- resume ----------------------------------------------------------------------------------------
 COUNTER = """
 import argparse, json, os, signal, sys
-from colabkit import checkpoint
+from colabkit import _checkpoint
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int)
 parser.add_argument("--crash-after", type=int, default=None)
@@ -277,11 +282,11 @@ parser.add_argument("--resume", default=None)
 args = parser.parse_args()
 env = os.environ.get("COLABKIT_RESUME")
 print("seen " + json.dumps({"env": env, "arg": args.resume, "dir": os.environ["COLABKIT_CHECKPOINT_DIR"]}), flush=True)
-state = checkpoint.load(env) if env else {"step": 0, "done": []}
+state = _checkpoint.load(env) if env else {"step": 0, "done": []}
 while state["step"] < args.steps:
     state["step"] += 1
     state["done"].append(state["step"])
-    checkpoint.save(state, os.environ["COLABKIT_CHECKPOINT_DIR"])
+    _checkpoint.save(state, os.environ["COLABKIT_CHECKPOINT_DIR"])
     if state["step"] == args.crash_after:
         os.kill(os.getpid(), signal.SIGKILL)  # the VM vanished right after this save
 print(f"done at step {state['step']}", flush=True)
@@ -306,8 +311,8 @@ def test_resume_round_trip_counts_steps_across_two_runs(proj, monkeypatch, capsy
     assert f"colabkit: no checkpoint in {ckpts} yet; starting fresh\n" in capsys.readouterr().out
     assert json.loads((first.log_dir / "summary.json").read_text())["resumed_from"] is None
 
-    latest = checkpoint.latest(ckpts)
-    assert checkpoint.load(latest)["step"] == 4
+    latest = _checkpoint.latest(ckpts)
+    assert _checkpoint.load(latest)["step"] == 4
     second = run(
         "count.py", "--steps", 10,
         resume=True, resume_arg="--resume {path}", checkpoint_dir="my checkpoints", monitor=False,
@@ -320,12 +325,12 @@ def test_resume_round_trip_counts_steps_across_two_runs(proj, monkeypatch, capsy
     summary = json.loads((second.log_dir / "summary.json").read_text())
     assert summary["resumed_from"] == str(latest) and summary["args"][-2:] == ["--resume", str(latest)]
     assert f"resumed from {latest}" in second.summary()
-    assert checkpoint.load(checkpoint.latest(ckpts))["done"] == list(range(1, 11))  # none lost or repeated
+    assert _checkpoint.load(_checkpoint.latest(ckpts))["done"] == list(range(1, 11))  # none lost or repeated
 
 
 def test_without_resume_the_checkpoint_dir_is_still_passed(proj, tmp_path):
     script(proj, "count.py", COUNTER)
-    checkpoint.save({"step": 3, "done": [1, 2, 3]}, proj / "checkpoints")
+    _checkpoint.save({"step": 3, "done": [1, 2, 3]}, proj / "checkpoints")
     r = run("count.py", "--steps", 3, monitor=False)
     assert _seen(r) == {"env": None, "arg": None, "dir": str(proj / "checkpoints")}
     assert r.resumed_from is None
@@ -337,7 +342,7 @@ def test_without_resume_the_checkpoint_dir_is_still_passed(proj, tmp_path):
 def test_budget_then_resume_picks_up_the_checkpoint_saved_on_sigterm(proj):
     script(proj, "saver.py", SAVER)
     first = run("saver.py", budget=1.5, grace=1, monitor=False)
-    saved = checkpoint.latest(proj / "checkpoints")
+    saved = _checkpoint.latest(proj / "checkpoints")
     assert first.reason == "budget" and saved is not None
     script(proj, "reader.py", "import os\nprint(os.environ['COLABKIT_RESUME'])\n")
     second = run("reader.py", resume=True, monitor=False)
@@ -347,7 +352,7 @@ def test_budget_then_resume_picks_up_the_checkpoint_saved_on_sigterm(proj):
 def test_cli_passes_budget_and_resume(proj, capsys):
     script(proj, "count.py", COUNTER)
     assert cli.main(["run", "--no-monitor", "count.py", "--steps", "2"]) == 0
-    latest = checkpoint.latest(proj / "checkpoints")
+    latest = _checkpoint.latest(proj / "checkpoints")
     rc = cli.main(
         ["run", "--no-monitor", "--resume", "--resume-arg", "--resume {path}", "--budget", "1h", "count.py",
          "--steps", "3"]
@@ -366,8 +371,8 @@ def test_the_example_stops_on_the_budget_and_resumes_through_run(proj):
     first = run(EXAMPLE, "--steps", 1000, "--step-time", 0.01, "--save-every", 1000, budget=1.5, grace=1,
                 resume=True, monitor=False)  # fmt: skip
     assert (first.status, first.reason) == ("finished", "budget")
-    saved = checkpoint.latest(proj / "checkpoints")
-    step = checkpoint.load(saved)["step"]
+    saved = _checkpoint.latest(proj / "checkpoints")
+    step = _checkpoint.load(saved)["step"]
     assert 1 <= step < 1000  # saved because of SIGTERM, not the schedule
     said = [line for line in first.log_path.read_text().splitlines() if line and line[0] != "["]
     assert said[-1] == f"stopped by SIGTERM at step {step}; resume from {saved}"
@@ -376,7 +381,7 @@ def test_the_example_stops_on_the_budget_and_resumes_through_run(proj):
     lines = second.log_path.read_text().splitlines()
     assert lines[0] == f"resumed from {saved} at step {step}"
     assert lines[-1] == f"done: {step + 5} steps"
-    final = checkpoint.load(checkpoint.latest(proj / "checkpoints"))
+    final = _checkpoint.load(_checkpoint.latest(proj / "checkpoints"))
     assert final["loss_history"] == [1.0 / s for s in range(1, step + 6)]
 
 

@@ -19,9 +19,12 @@ import psutil
 import pytest
 from test_display import screen
 
-from colabkit import _group, _stale, _stream, cli, display, oom, runner, runtime
+from colabkit import _display, _files, _loop, _oom, _procs, _run, _runtime, _stop, _stream, cli
+from colabkit._result import RunResult
+from colabkit._run import run
+from colabkit._spec import RunSpec, redact
+from colabkit._stop import StopTimes
 from colabkit.errors import ColabkitError, CudaOutOfMemory, RunFailed, ScriptNotFound
-from colabkit.runner import RunResult, run
 
 GIB = 1024**3
 
@@ -31,8 +34,13 @@ def proj(tmp_path, monkeypatch):
     folder = tmp_path / "proj"
     folder.mkdir()
     monkeypatch.chdir(folder)
-    monkeypatch.setattr(runner, "_project_dir", lambda: None)  # no project open: runs go under the cwd
+    monkeypatch.setattr(_run, "_project_dir", lambda: None)  # no project open: runs go under the cwd
     return folder
+
+
+def go(script: str, *args, stop: StopTimes | None = None, observer=None, **options) -> RunResult:
+    """run() with the stop sequence's waits and an observer of the live run given through the run spec."""
+    return _run.execute(RunSpec.build(script, args, stop=stop, observer=observer, **options))
 
 
 def script(folder: Path, name: str, body: str) -> Path:
@@ -95,8 +103,7 @@ def test_summary_says_running_while_the_child_runs(proj, monkeypatch):
         if "ready" in state.seen and not seen:
             seen.append(json.loads((state.run_dir / "summary.json").read_text()))
 
-    monkeypatch.setattr(_stream, "_loop_hook", hook)
-    r = run("slow.py", interval=0.05)
+    r = go("slow.py", interval=0.05, observer=hook)
     assert (
         seen and seen[0]["status"] == "running" and seen[0]["ended"] is None and seen[0]["returncode"] is None
     )
@@ -106,8 +113,8 @@ def test_summary_says_running_while_the_child_runs(proj, monkeypatch):
 
 
 def test_stdout_and_stderr_stream_in_order(proj, capsys, monkeypatch):
-    unthrottled = functools.partial(display.OutputView, max_lines_per_s=10**7)
-    monkeypatch.setattr(display, "OutputView", unthrottled)  # the screen shows every line
+    unthrottled = functools.partial(_display.OutputView, max_lines_per_s=10**7)
+    monkeypatch.setattr(_display, "OutputView", unthrottled)  # the screen shows every line
     script(
         proj,
         "talk.py",
@@ -245,14 +252,13 @@ def test_timeout_stops_the_group_and_says_interrupted(proj):
     assert err.result.status == "interrupted" and err.returncode == -2  # SIGINT ended it
     summary = json.loads((only_run_dir(proj) / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["returncode"] == -2
-    assert _group.group_members(summary["pid"]) == []
+    assert _procs.group_members(summary["pid"]) == []
     log = err.result.log_path.read_text()
     assert log.startswith("ready\n") and "[colabkit] run interrupted (timeout)" in log
     assert "KeyboardInterrupt" in log
 
 
-def test_timeout_is_said_with_the_steps_and_counted_down_on_the_status_line(proj, monkeypatch, capsys):
-    monkeypatch.setattr(_group, "INT_GRACE_S", 1.0)
+def test_timeout_is_said_with_the_steps_and_counted_down_on_the_status_line(proj, capsys):
     script(
         proj,
         "deaf.py",
@@ -265,8 +271,10 @@ def test_timeout_is_said_with_the_steps_and_counted_down_on_the_status_line(proj
         """,
     )
     statuses = []
-    monkeypatch.setattr(_stream, "_loop_hook", lambda state: statuses.append(state.view.status))
-    r = run("deaf.py", timeout=0.5, check=False, monitor=False)
+    r = go(
+        "deaf.py", timeout=0.5, check=False, monitor=False,
+        stop=StopTimes(int_grace=1.0), observer=lambda state: statuses.append(state.status_text),
+    )  # fmt: skip
     assert (r.status, r.reason, r.returncode) == ("interrupted", "timeout", -15)
     said = "timeout of 0.5s reached: sent SIGINT; SIGTERM in 1s, then SIGKILL 5s later unless the script exits"
     assert f"colabkit: {said}" in capsys.readouterr().out.splitlines()
@@ -276,15 +284,26 @@ def test_timeout_is_said_with_the_steps_and_counted_down_on_the_status_line(proj
     assert all(re.fullmatch(r"(SIGINT sent, SIGTERM|SIGTERM sent, SIGKILL) in \d\.\ds", c) for c in countdown)
 
 
-def test_status_text_counts_down_to_the_next_signal(tmp_path):
-    state = runner._Run("x.py", (), tmp_path, timeout=1.0)
-    assert _stream.status_text(None, 3.0, state) == "3.0s"
-    state.reason, state.stopping, state.stop_deadline = "timeout", "int", 10.5
-    assert _stream.status_text(None, 3.0, state) == "3.0s · SIGINT sent, SIGTERM in 7.5s"
-    state.stopping, state.stop_deadline = "term", 12.0
-    assert _stream.status_text(None, 11.0, state) == "11.0s · SIGTERM sent, SIGKILL in 1.0s"
-    state.stopping = "kill"
-    assert _stream.status_text(None, 13.0, state) == "13.0s · SIGKILL sent"
+def test_run_and_its_spec_agree_on_every_default():
+    import inspect
+
+    params = inspect.signature(run).parameters
+    options = {n: p.default for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert RunSpec.build("x.py", (), **options) == RunSpec.build("x.py")  # run()'s defaults are the spec's
+    spec_fields = {f.name for f in __import__("dataclasses").fields(RunSpec)}
+    assert set(options) == spec_fields - {"script", "args", "stop", "clock", "observer"}
+    with pytest.raises(TypeError, match="unexpected keyword arguments: colour"):
+        RunSpec.build("x.py", colour="red")
+
+
+def test_status_text_counts_down_to_the_next_signal():
+    def countdown(elapsed, reason, step, due):
+        return _loop.countdown(elapsed, reason=reason, step=step, due=due, budget=None, term_sent=None)
+
+    assert countdown(3.0, None, None, None) == ""
+    assert countdown(3.0, "timeout", "int", 10.5) == " · SIGINT sent, SIGTERM in 7.5s"
+    assert countdown(11.0, "timeout", "term", 12.0) == " · SIGTERM sent, SIGKILL in 1.0s"
+    assert countdown(13.0, "interrupt", "kill", 18.0) == " · SIGKILL sent"
 
 
 def test_cli_run_explains_an_out_of_memory_crash(proj, capsys):
@@ -301,7 +320,7 @@ def test_cli_run_explains_an_out_of_memory_crash(proj, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err == [
         "colabkit run: oom.py ran out of GPU memory (PyTorch): peak seen n/a of n/a, failed allocating 2.0 GiB more",
-        "HINT: To fit in memory: " + oom.advice("pytorch"),
+        "HINT: To fit in memory: " + _oom.advice("pytorch"),
     ]
 
 
@@ -310,7 +329,7 @@ def test_cli_run_explains_a_timeout(proj, capsys):
     assert cli.main(["run", "--no-monitor", "--timeout", "0.5", "forever.py"]) == 130  # died of SIGINT
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2, err
-    assert re.fullmatch(r"colabkit run: forever\.py was stopped by timeout=0\.5s after \d+\.\ds", err[0]), err
+    assert re.fullmatch(r"colabkit run: forever\.py was stopped by --timeout 0\.5s after \d+\.\ds", err[0]), err
     log = only_run_dir(proj) / "output.log"
     assert err[1] == f"HINT: Pass a larger --timeout (or none); the output so far is in {log}"
 
@@ -321,9 +340,7 @@ def test_cli_run_says_nothing_more_when_the_run_finished(proj, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_a_child_that_ignores_sigint_and_sigterm_is_killed(proj, monkeypatch):
-    monkeypatch.setattr(_group, "INT_GRACE_S", 0.3)
-    monkeypatch.setattr(_group, "TERM_GRACE_S", 0.3)
+def test_a_child_that_ignores_sigint_and_sigterm_is_killed(proj):
     script(
         proj,
         "stubborn.py",
@@ -336,13 +353,12 @@ def test_a_child_that_ignores_sigint_and_sigterm_is_killed(proj, monkeypatch):
             time.sleep(0.05)
         """,
     )
-    r = run("stubborn.py", timeout=0.3, check=False, monitor=False)
+    r = go("stubborn.py", timeout=0.3, check=False, monitor=False, stop=StopTimes(int_grace=0.3, term_grace=0.3))
     assert (r.status, r.returncode, r.reason) == ("interrupted", -9, "timeout")
-    assert _group.group_members(json.loads((r.log_dir / "summary.json").read_text())["pid"]) == []
+    assert _procs.group_members(json.loads((r.log_dir / "summary.json").read_text())["pid"]) == []
 
 
-def test_keyboard_interrupt_ends_the_whole_group_including_grandchildren(proj, monkeypatch):
-    monkeypatch.setattr(_group, "INT_GRACE_S", 0.5)
+def test_keyboard_interrupt_ends_the_whole_group_including_grandchildren(proj):
     script(
         proj,
         "parent.py",
@@ -365,10 +381,9 @@ def test_keyboard_interrupt_ends_the_whole_group_including_grandchildren(proj, m
             state_seen["kid"] = int(state.seen.split("grandchild ")[1].split()[0])
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(_stream, "_loop_hook", hook)
     with pytest.raises(KeyboardInterrupt):
-        run("parent.py", interval=0.05)
-    assert _group.group_members(state_seen["pid"]) == []
+        go("parent.py", interval=0.05, stop=StopTimes(int_grace=0.5), observer=hook)
+    assert _procs.group_members(state_seen["pid"]) == []
     kid = state_seen["kid"]
     assert not psutil.pid_exists(kid) or psutil.Process(kid).status() == psutil.STATUS_ZOMBIE
     run_dir = only_run_dir(proj)
@@ -378,7 +393,6 @@ def test_keyboard_interrupt_ends_the_whole_group_including_grandchildren(proj, m
 
 
 def test_leftover_processes_after_a_normal_exit_are_ended(proj, monkeypatch):
-    monkeypatch.setattr(_stream, "PIPE_GRACE_S", 0.2)
     script(
         proj,
         "leaves.py",
@@ -388,7 +402,7 @@ def test_leftover_processes_after_a_normal_exit_are_ended(proj, monkeypatch):
         print(f"grandchild {kid.pid}", flush=True)
         """,
     )
-    r = run("leaves.py", monitor=False)
+    r = go("leaves.py", monitor=False, stop=StopTimes(pipe_grace=0.2))
     assert r.status == "finished"
     log = r.log_path.read_text()
     kid = int(log.split("grandchild ")[1].split()[0])
@@ -403,9 +417,9 @@ def test_missing_script_is_named_with_the_folder_contents(proj):
     assert isinstance(info.value, FileNotFoundError)
     assert info.value.path == str(proj / "tain.py")
     assert f"{proj} holds train.py" in info.value.hint
-    assert info.value.hint.endswith(
-        "on the command line, cd into the project folder or give the script's full path "
-        "(colabkit run /path/to/train.py)."
+    assert info.value.hint.endswith("Open the project first (colabkit.project('NAME')) or pass cwd= or an absolute path.")
+    assert info.value.cli_hint.endswith(
+        "cd into the project folder or give the script's full path (colabkit run /path/to/train.py)."
     )
     assert not (proj / "runs").exists()
 
@@ -462,9 +476,9 @@ def test_framework_peak_comes_from_the_childs_report(proj, monkeypatch):
 
 def test_release_runs_whatever_the_outcome(proj, monkeypatch):
     calls = []
-    from colabkit import session
+    from colabkit import _release
 
-    monkeypatch.setattr(session, "release", lambda: calls.append("release"))
+    monkeypatch.setattr(_release, "release", lambda: calls.append("release"))
     script(proj, "ok.py", "")
     script(proj, "fail.py", "raise SystemExit(2)")
     run("ok.py", monitor=False, release=True)
@@ -472,6 +486,24 @@ def test_release_runs_whatever_the_outcome(proj, monkeypatch):
     with pytest.raises(RunFailed):
         run("fail.py", monitor=False, release=True)
     assert calls == ["release", "release"]
+
+
+def test_when_release_fails_after_a_failed_run_the_run_failure_is_raised(proj, monkeypatch, capsys):
+    from colabkit import _release
+    from colabkit.errors import ReleaseError
+
+    def broken_release():
+        raise ReleaseError("Colab could not give the runtime back", "Use Runtime → Disconnect and delete runtime.")
+
+    monkeypatch.setattr(_release, "release", broken_release)
+    script(proj, "fail.py", "raise SystemExit(2)")
+    with pytest.raises(RunFailed) as info:
+        run("fail.py", monitor=False, release=True)
+    assert info.value.returncode == 2  # the script's failure, not the release's
+    assert "colabkit: release failed too: Colab could not give the runtime back" in capsys.readouterr().out
+    script(proj, "ok.py", "")
+    with pytest.raises(ReleaseError, match="could not give the runtime back"):
+        run("ok.py", monitor=False, release=True)  # the run finished: the release's failure is the news
 
 
 @pytest.fixture
@@ -482,7 +514,7 @@ def stale(proj):
     run_dir.mkdir(parents=True)
     summary = {
         "schema": 1, "status": "running", "script": "old.py", "args": [], "pid": proc.pid,
-        "pid_create_time": psutil.Process(proc.pid).create_time(), "boot_id": runtime.boot_id(),
+        "pid_create_time": psutil.Process(proc.pid).create_time(), "boot_id": _runtime.boot_id(),
     }  # fmt: skip
     (run_dir / "summary.json").write_text(json.dumps(summary))
     yield proc
@@ -527,7 +559,7 @@ def test_kill_stale_ends_only_processes_of_earlier_runs(proj, stale, capsys):
 
 
 def test_the_kernel_and_its_ancestors_are_protected():
-    protected = _stale.protected_pids()
+    protected = _procs.protected_pids()
     assert os.getpid() in protected and os.getppid() in protected and 1 in protected
 
 
@@ -579,7 +611,7 @@ def test_torch_child_peak_matches_torch_and_nvml_sees_at_least_that(proj):
 
 def test_plot_draws_memory_and_utilisation(tmp_path):
     pytest.importorskip("matplotlib")
-    from colabkit.monitoring import Sample
+    from colabkit._monitor import Sample
 
     samples = tuple(
         Sample(
@@ -642,13 +674,12 @@ def test_a_log_on_a_dead_drive_mount_is_noted_once_and_the_run_goes_on(proj, mon
         self._fh = DeadMount(self._fh, dead)
 
     monkeypatch.setattr(_stream.Log, "__init__", init)
-    monkeypatch.setattr(_stream, "_loop_hook", lambda state: dead.append(1) if "ready" in state.seen else None)
     script(
         proj,
         "talk.py",
         "import time\nprint('ready', flush=True)\ntime.sleep(0.3)\nprint('after', flush=True)\n",
     )
-    r = run("talk.py", monitor=False)
+    r = go("talk.py", monitor=False, observer=lambda state: dead.append(1) if "ready" in state.seen else None)
     assert r.status == "finished"
     out = capsys.readouterr().out
     note = (
@@ -662,20 +693,21 @@ def test_a_log_on_a_dead_drive_mount_is_noted_once_and_the_run_goes_on(proj, mon
 
 def test_stop_while_the_first_summary_is_written_ends_the_group(proj, monkeypatch):
     script(proj, "forever.py", "import time\nwhile True:\n    time.sleep(0.05)\n")
-    real = runner._write_json
+    real = _files.write_json
     calls = []
 
-    def write_json(path, data):
-        calls.append(dict(data))
-        if len(calls) == 1:
-            raise KeyboardInterrupt  # Stop pressed while summary.json goes to Drive
-        real(path, data)
+    def write_json(path, data, **kwargs):
+        if path.name == "summary.json":
+            calls.append(dict(data))
+            if len(calls) == 1:
+                raise KeyboardInterrupt  # Stop pressed while summary.json goes to Drive
+        real(path, data, **kwargs)
 
-    monkeypatch.setattr(runner, "_write_json", write_json)
+    monkeypatch.setattr(_files, "write_json", write_json)
     with pytest.raises(KeyboardInterrupt):
         run("forever.py", interval=0.05)
     pid = calls[0]["pid"]
-    assert _group.group_members(pid) == []
+    assert _procs.group_members(pid) == []
     assert not psutil.Process().children(recursive=True)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("colabkit")]
     summary = json.loads((only_run_dir(proj) / "summary.json").read_text())
@@ -694,10 +726,9 @@ def test_an_error_inside_the_loop_ends_the_group_and_is_raised(proj, monkeypatch
             seen["pid"] = state.pid
             raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
 
-    monkeypatch.setattr(_stream, "_loop_hook", hook)
     with pytest.raises(OSError, match="Transport endpoint is not connected"):
-        run("forever.py", interval=0.05)
-    assert _group.group_members(seen["pid"]) == []
+        go("forever.py", interval=0.05, observer=hook)
+    assert _procs.group_members(seen["pid"]) == []
     assert not [t.name for t in threading.enumerate() if t.name.startswith("colabkit")]
     summary = json.loads((only_run_dir(proj) / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["returncode"] == -2
@@ -710,8 +741,7 @@ def running(pid: int) -> bool:
         return False
 
 
-def test_descendants_that_left_the_group_with_setsid_are_ended_too(proj, monkeypatch):
-    monkeypatch.setattr(_group, "INT_GRACE_S", 1.0)
+def test_descendants_that_left_the_group_with_setsid_are_ended_too(proj):
     script(
         proj,
         "escape.py",
@@ -731,9 +761,8 @@ def test_descendants_that_left_the_group_with_setsid_are_ended_too(proj, monkeyp
             seen["gc"] = int(found.group(1))
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(_stream, "_loop_hook", hook)
     with pytest.raises(KeyboardInterrupt):
-        run("escape.py", monitor=False)
+        go("escape.py", monitor=False, stop=StopTimes(int_grace=1.0), observer=hook)
     gc = seen["gc"]
     survived = running(gc)
     if survived:
@@ -770,7 +799,7 @@ def test_secret_arguments_are_redacted_everywhere_but_the_child_gets_them(proj, 
     ],
 )
 def test_redact(args, shown):
-    assert _stale.redact(args) == shown
+    assert redact(args) == shown
 
 
 def test_kill_stale_leaves_a_run_whose_launcher_is_still_alive(proj, stale, capsys):
@@ -835,10 +864,10 @@ def test_an_error_before_the_process_tree_is_known_still_ends_the_child(proj, mo
         raise RuntimeError("psutil unavailable")
 
     monkeypatch.setattr(subprocess, "Popen", popen)
-    monkeypatch.setattr(_group, "Tree", broken_tree)
+    monkeypatch.setattr(_run, "Tree", broken_tree)
     with pytest.raises(RuntimeError, match="psutil unavailable"):
         run("forever.py", monitor=False)
-    assert started and _group.group_members(started[0]) == []
+    assert started and _procs.group_members(started[0]) == []
     assert not psutil.Process().children(recursive=True)
 
 
@@ -868,8 +897,8 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 20.0) -> 
 def wait_group_gone(pgid: int, timeout: float) -> float:
     """Seconds until the group has no live member; fails after ``timeout``."""
     start = time.monotonic()
-    while _group.group_members(pgid):
-        assert time.monotonic() - start < timeout, f"group {pgid} still has {_group.group_members(pgid)}"
+    while _procs.group_members(pgid):
+        assert time.monotonic() - start < timeout, f"group {pgid} still has {_procs.group_members(pgid)}"
         time.sleep(0.05)
     return time.monotonic() - start
 
@@ -891,7 +920,7 @@ def test_sigkill_of_the_launcher_ends_the_childs_group(proj, stubborn):
     pgid = None
     try:
         pgid = int(wait_for_file(proj / "child.pid", launcher))
-        assert _group.group_members(pgid) == [pgid]
+        assert _procs.group_members(pgid) == [pgid]
         launcher.kill()
         launcher.wait()
         took = wait_group_gone(pgid, timeout=8.0)
@@ -902,7 +931,7 @@ def test_sigkill_of_the_launcher_ends_the_childs_group(proj, stubborn):
             launcher.kill()
             launcher.wait()
         if pgid is not None:
-            _group.signal_group(pgid, signal.SIGKILL)
+            _stop.signal_group(pgid, signal.SIGKILL)
 
 
 def test_a_launcher_that_dies_while_the_child_starts_still_ends_the_childs_group(proj):
@@ -944,7 +973,7 @@ def test_a_launcher_that_dies_while_the_child_starts_still_ends_the_childs_group
             launcher.kill()
             launcher.wait()
         if pgid is not None:
-            _group.signal_group(pgid, signal.SIGKILL)
+            _stop.signal_group(pgid, signal.SIGKILL)
 
 
 def test_colabkit_run_under_nohup_keeps_sighup_ignored(proj):
@@ -990,7 +1019,7 @@ def test_colabkit_run_under_nohup_keeps_sighup_ignored(proj):
             cmd.kill()
             cmd.communicate()
         if pgid is not None:
-            _group.signal_group(pgid, signal.SIGKILL)
+            _stop.signal_group(pgid, signal.SIGKILL)
 
 
 def test_sigterm_to_colabkit_run_stops_the_run_and_its_group(proj):
@@ -1012,7 +1041,7 @@ def test_sigterm_to_colabkit_run_stops_the_run_and_its_group(proj):
         cmd.send_signal(signal.SIGTERM)
         out, err = cmd.communicate(timeout=15)
         assert cmd.returncode == 130, out + err
-        assert _group.group_members(pgid) == []
+        assert _procs.group_members(pgid) == []
         assert err.splitlines()[-1] == "colabkit run: interrupted"
         summary = json.loads((only_run_dir(proj) / "summary.json").read_text())
         assert (summary["status"], summary["reason"], summary["returncode"]) == ("interrupted", "interrupt", -2)
@@ -1021,7 +1050,7 @@ def test_sigterm_to_colabkit_run_stops_the_run_and_its_group(proj):
             cmd.kill()
             cmd.communicate()
         if pgid is not None:
-            _group.signal_group(pgid, signal.SIGKILL)
+            _stop.signal_group(pgid, signal.SIGKILL)
 
 
 def test_a_screen_pipe_closed_early_does_not_cost_the_run(proj):
@@ -1098,15 +1127,12 @@ def test_a_read_only_project_folder_names_the_folder_and_log_dir(read_only_proj,
     err = info.value
     root = read_only_proj / "runs"
     assert err.message == f"cannot create a run folder in {root}: Permission denied"
-    assert err.hint == (
-        "Pass log_dir= a writable folder, e.g. run(..., log_dir='/content/runs') "
-        "(on the command line: colabkit run --log-dir /content/runs ...)"
-    )
+    assert err.hint == "Pass log_dir= a writable folder, e.g. run(..., log_dir='/content/runs')"
     capsys.readouterr()
     assert cli.main(["run", "--no-monitor", "train.py"]) == 1
     assert capsys.readouterr().err.splitlines() == [
         f"colabkit run: cannot create a run folder in {root}: Permission denied",
-        f"HINT: {err.hint}",
+        "HINT: Pass --log-dir a writable folder: colabkit run --log-dir /content/runs ...",
     ]
 
 
@@ -1114,7 +1140,7 @@ def test_the_cli_turns_any_os_error_into_one_line(proj, monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise OSError(errno.EIO, "Input/output error", "/content/drive/MyDrive/x")
 
-    monkeypatch.setattr(runner, "_run", broken)
+    monkeypatch.setattr(_run, "execute", broken)
     assert cli.main(["run", "train.py"]) == 1
     err = capsys.readouterr().err
     assert err == "colabkit run: [Errno 5] Input/output error: '/content/drive/MyDrive/x'\n"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from colabkit import runtime
+from colabkit import _format, _runtime
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def _install_shell(monkeypatch, cls):
 
 
 def test_plain_terminal_is_terminal(vm):
-    rt = runtime.detect()
+    rt = _runtime.detect_runtime()
     assert rt.kind == "terminal"
     assert not rt.is_colab
     assert rt.shell is None
@@ -45,7 +45,7 @@ def test_plain_terminal_is_terminal(vm):
 
 def test_colab_vm_file_means_colab(vm):
     _colab_vm(vm)
-    rt = runtime.detect()
+    rt = _runtime.detect_runtime()
     assert rt.kind == "colab"
     assert rt.time_left_s == pytest.approx(12 * 3600 - 3725.5)
     assert rt.describe() == "Colab, up 1h02m of ~12h00m"
@@ -53,7 +53,7 @@ def test_colab_vm_file_means_colab(vm):
 
 def test_colab_release_tag_means_colab(vm, monkeypatch):
     monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20250101-060000_RC00")
-    rt = runtime.detect()
+    rt = _runtime.detect_runtime()
     assert rt.kind == "colab"
     assert rt.colab_release == "release-colab_20250101-060000_RC00"
     assert "release-colab_20250101-060000_RC00" in rt.describe()
@@ -61,14 +61,14 @@ def test_colab_release_tag_means_colab(vm, monkeypatch):
 
 def test_colab_enterprise(vm, monkeypatch):
     monkeypatch.setenv("VERTEX_PRODUCT", "COLAB_ENTERPRISE")
-    rt = runtime.detect()
+    rt = _runtime.detect_runtime()
     assert rt.kind == "colab" and rt.colab_enterprise
     assert rt.describe().startswith("Colab Enterprise")
 
 
 def test_colab_gpu_variable_alone_is_not_colab(vm, monkeypatch):
     monkeypatch.setenv("COLAB_GPU", "1")
-    assert runtime.detect().kind == "terminal"
+    assert _runtime.detect_runtime().kind == "terminal"
 
 
 def test_importable_google_colab_is_not_colab(vm, monkeypatch, tmp_path):
@@ -80,20 +80,20 @@ def test_importable_google_colab_is_not_colab(vm, monkeypatch, tmp_path):
     import importlib
 
     importlib.invalidate_caches()
-    assert runtime.detect().kind == "terminal"
+    assert _runtime.detect_runtime().kind == "terminal"
 
 
 def test_colab_shell_class_means_colab(vm, monkeypatch):
     cls = type("Shell", (), {"__module__": "google.colab._shell"})
     _install_shell(monkeypatch, cls)
-    rt = runtime.detect()
+    rt = _runtime.detect_runtime()
     assert rt.kind == "colab"
     assert rt.in_notebook
 
 
 def test_kaggle(vm, monkeypatch):
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
-    rt = runtime.detect()
+    rt = _runtime.detect_runtime()
     assert rt.kind == "kaggle" and rt.kaggle_run_type == "Interactive"
     assert rt.vm_limit_s is None
     assert rt.describe().startswith("Kaggle (Interactive)")
@@ -101,13 +101,13 @@ def test_kaggle(vm, monkeypatch):
 
 def test_jupyter_kernel(vm, monkeypatch):
     _install_shell(monkeypatch, type("ZMQInteractiveShell", (), {}))
-    rt = runtime.detect()
+    rt = _runtime.detect_runtime()
     assert rt.kind == "jupyter" and rt.in_notebook
 
 
 def test_ipython_in_a_terminal_is_terminal(vm, monkeypatch):
     _install_shell(monkeypatch, type("TerminalInteractiveShell", (), {}))
-    rt = runtime.detect()
+    rt = _runtime.detect_runtime()
     assert rt.kind == "terminal" and not rt.in_notebook
 
 
@@ -120,42 +120,42 @@ def test_tpu(vm, monkeypatch, env, device):
         monkeypatch.setenv(key, value)
     if device:
         (vm / "dev" / "accel0").write_text("")
-    rt = runtime.detect()
+    rt = _runtime.detect_runtime()
     assert rt.tpu
     assert "TPU runtime" in rt.describe()
 
 
 def test_no_tpu(vm):
-    assert not runtime.detect().tpu
+    assert not _runtime.detect_runtime().tpu
 
 
 def test_unreadable_uptime_is_none(vm):
     (vm / "proc" / "uptime").unlink()
     _colab_vm(vm)
-    rt = runtime.detect()
+    rt = _runtime.detect_runtime()
     assert rt.uptime_s is None and rt.time_left_s is None
     assert rt.describe() == "Colab"
 
 
 def test_detection_is_not_cached(vm, monkeypatch):
-    assert runtime.detect().kind == "terminal"
+    assert _runtime.detect_runtime().kind == "terminal"
     _colab_vm(vm)
-    assert runtime.detect().kind == "colab"
+    assert _runtime.detect_runtime().kind == "colab"
 
 
 @pytest.mark.parametrize("mode", ["notebook", "terminal", "plain"])
 def test_display_mode_override(monkeypatch, mode):
     monkeypatch.setenv("COLABKIT_DISPLAY", mode)
-    assert runtime.display_mode() == mode
+    assert _runtime.display_mode() == mode
 
 
 def test_display_mode_detects_notebook_and_pipe(monkeypatch):
     monkeypatch.delenv("COLABKIT_DISPLAY")
     monkeypatch.setattr(sys, "stdout", open("/dev/null", "w"))  # noqa: SIM115 - a non-tty stream
     try:
-        assert runtime.display_mode() == "plain"
+        assert _runtime.display_mode() == "plain"
         _install_shell(monkeypatch, type("ZMQInteractiveShell", (), {}))
-        assert runtime.display_mode() == "notebook"
+        assert _runtime.display_mode() == "notebook"
     finally:
         sys.stdout.close()
 
@@ -164,21 +164,21 @@ def test_display_mode_detects_notebook_and_pipe(monkeypatch):
     ("seconds", "text"), [(4.25, "4.2s"), (75, "1m15s"), (3725, "1h02m"), (12 * 3600, "12h00m")]
 )
 def test_format_duration(seconds, text):
-    assert runtime.format_duration(seconds) == text
+    assert _format.format_duration(seconds) == text
 
 
 def test_boot_id_reads_the_machine_root(vm):
     (vm / "proc" / "sys" / "kernel" / "random").mkdir(parents=True)
     (vm / "proc" / "sys" / "kernel" / "random" / "boot_id").write_text("1a2b-3c\n")
-    assert runtime.boot_id() == "1a2b-3c"
+    assert _runtime.boot_id() == "1a2b-3c"
 
 
 def test_boot_id_unreadable_is_empty(vm):
-    assert runtime.boot_id() == ""
+    assert _runtime.boot_id() == ""
 
 
 def test_repr_omits_defaults_and_html_is_escaped(vm, monkeypatch):
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "<Batch>")
-    rt = runtime.detect()
+    rt = _runtime.detect_runtime()
     assert repr(rt) == "Runtime(kind='kaggle', kaggle_run_type='<Batch>', uptime_s=3725.5)"
     assert rt._repr_html_() == "<b>Runtime</b> Kaggle (&lt;Batch&gt;), up 1h02m"

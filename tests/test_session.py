@@ -11,10 +11,10 @@ from conftest import child_env
 from fakes.colabvm import kill_fuse, mount_table
 
 import colabkit
-from colabkit import gpu, projects
+from colabkit import _gpu, _project
 from colabkit.errors import ColabkitWarning, MountError, NoGpuError, ProjectNotFound, ReleaseError
 
-T4 = gpu.GpuInfo(
+T4 = _gpu.GpuInfo(
     index=0,
     name="Tesla T4",
     uuid="GPU-1",
@@ -32,8 +32,8 @@ T4 = gpu.GpuInfo(
 
 @pytest.fixture
 def t4(monkeypatch):
-    monkeypatch.setattr(gpu, "require_gpu", lambda *a, **k: T4)
-    monkeypatch.setattr(gpu, "gpus", lambda: [T4])
+    monkeypatch.setattr(_gpu, "require_gpu", lambda *a, **k: T4)
+    monkeypatch.setattr(_gpu, "gpus", lambda: [T4])
 
 
 def test_setup_local_prints_a_short_summary(tmp_path, t4, capsys):
@@ -52,7 +52,7 @@ def test_setup_local_prints_a_short_summary(tmp_path, t4, capsys):
     assert (
         repr(s) == f"<Session terminal gpu='Tesla T4' mount=local:{tmp_path}/drive project={s.project.path}>"
     )
-    assert projects.current() == s.project
+    assert _project.current_project() == s.project
 
 
 def test_setup_twice_changes_nothing(tmp_path, t4, capsys):
@@ -68,17 +68,17 @@ def test_setup_twice_changes_nothing(tmp_path, t4, capsys):
 
 def test_no_gpu_stops_before_mounting(tmp_path):
     # the real path: no NVIDIA driver here, so require_gpu raises
-    if gpu.gpus():
+    if _gpu.gpus():
         pytest.skip("this machine has a GPU")
     with pytest.raises(NoGpuError) as info:
         colabkit.setup("test")
     assert info.value.hint
     assert not (tmp_path / "drive").exists()  # nothing mounted or created on a CPU runtime
-    assert projects.current() is None
+    assert _project.current_project() is None
 
 
 def test_prefer_warns_and_goes_on(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(gpu, "gpus", lambda: [])
+    monkeypatch.setattr(_gpu, "gpus", lambda: [])
     with pytest.warns(ColabkitWarning, match="no NVIDIA GPU found: going on on the CPU"):
         s = colabkit.setup(gpu="prefer")
     assert s.gpu is None and s.mount.method == "local"

@@ -19,7 +19,7 @@ import pytest
 from conftest import child_env, child_process
 from fakes.colabvm import bindfs
 
-from colabkit import checkpoint, staging
+from colabkit import _files, _stage
 from colabkit.errors import StageError
 
 N_FILES = 2000
@@ -37,7 +37,7 @@ def _contents(folder: Path) -> dict[str, bytes | None]:
     out: dict[str, bytes | None] = {}
     for path in folder.rglob("*"):
         rel = path.relative_to(folder).as_posix()
-        if rel in (staging.STAMP, staging.FILES):
+        if rel in (_stage.STAMP, _stage.FILES):
             continue
         out[rel] = path.read_bytes() if path.is_file() else None
     return out
@@ -57,15 +57,15 @@ def test_folder_is_packed_once_then_extracted_and_repeat_is_a_no_op(drive, tmp_p
     backing, mnt = drive
     _make_dataset(backing / "images")
     dest = tmp_path / "local" / "images"
-    assert staging.stage(mnt / "images", dest) == dest
+    assert _stage.stage(mnt / "images", dest) == dest
     assert _contents(dest) == _contents(backing / "images")
     assert len([p for p in dest.rglob("*.bin")]) == N_FILES
-    archive = backing / f"images{staging.ARCHIVE_SUFFIX}"
-    assert archive.is_file() and (backing / f"images{staging.INDEX_SUFFIX}").is_file()
+    archive = backing / f"images{_stage.ARCHIVE_SUFFIX}"
+    assert archive.is_file() and (backing / f"images{_stage.INDEX_SUFFIX}").is_file()
 
-    before = (dest.stat().st_ino, (dest / staging.STAMP).stat().st_mtime_ns, archive.stat().st_mtime_ns)
-    assert staging.stage(mnt / "images", dest) == dest
-    after = (dest.stat().st_ino, (dest / staging.STAMP).stat().st_mtime_ns, archive.stat().st_mtime_ns)
+    before = (dest.stat().st_ino, (dest / _stage.STAMP).stat().st_mtime_ns, archive.stat().st_mtime_ns)
+    assert _stage.stage(mnt / "images", dest) == dest
+    after = (dest.stat().st_ino, (dest / _stage.STAMP).stat().st_mtime_ns, archive.stat().st_mtime_ns)
     assert after == before  # nothing was packed, copied or renamed
     assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")]
 
@@ -75,17 +75,17 @@ def test_archive_is_refreshed_when_the_folder_changes(drive, tmp_path):
     backing, mnt = drive
     _make_dataset(backing / "images", n=50)
     dest = tmp_path / "local" / "images"
-    staging.stage(mnt / "images", dest)
-    archive_mtime = (backing / f"images{staging.ARCHIVE_SUFFIX}").stat().st_mtime_ns
+    _stage.stage(mnt / "images", dest)
+    archive_mtime = (backing / f"images{_stage.ARCHIVE_SUFFIX}").stat().st_mtime_ns
 
     (backing / "images" / "class3" / "img00003.bin").write_bytes(b"changed")
     (backing / "images" / "new.txt").write_text("new file")
     (backing / "images" / "class1" / "img00001.bin").unlink()
-    staging.stage(mnt / "images", dest)
+    _stage.stage(mnt / "images", dest)
     assert _contents(dest) == _contents(backing / "images")
     assert (dest / "class3" / "img00003.bin").read_bytes() == b"changed"
     assert not (dest / "class1" / "img00001.bin").exists()
-    assert (backing / f"images{staging.ARCHIVE_SUFFIX}").stat().st_mtime_ns != archive_mtime
+    assert (backing / f"images{_stage.ARCHIVE_SUFFIX}").stat().st_mtime_ns != archive_mtime
 
 
 @pytest.mark.fuse
@@ -93,17 +93,17 @@ def test_readonly_drive_falls_back_to_a_direct_copy(tmp_path):
     backing = tmp_path / "backing"
     _make_dataset(backing / "images", n=200)
     with bindfs(backing, tmp_path / "ro", "-r") as ro:
-        dest = staging.stage(ro / "images", tmp_path / "local" / "images")
+        dest = _stage.stage(ro / "images", tmp_path / "local" / "images")
         assert _contents(dest) == _contents(backing / "images")
-    assert not (backing / f"images{staging.ARCHIVE_SUFFIX}").exists()
+    assert not (backing / f"images{_stage.ARCHIVE_SUFFIX}").exists()
 
 
 _KILLED_STAGE = textwrap.dedent(
     """
     import sys, threading
-    from colabkit import staging
+    from colabkit import _extract, _stage
 
-    real_write = staging._write_file
+    real_write = _extract._write_file
     count = 0
     lock = threading.Lock()
 
@@ -116,8 +116,8 @@ _KILLED_STAGE = textwrap.dedent(
                 sys.stdin.read()
         return real_write(*args)
 
-    staging._write_file = write_file
-    staging.stage(sys.argv[1], sys.argv[2])
+    _extract._write_file = write_file
+    _stage.stage(sys.argv[1], sys.argv[2])
     print("finished", flush=True)
     """
 )
@@ -133,13 +133,13 @@ def test_staging_killed_midway_leaves_no_destination_and_next_call_completes(dri
     args = [sys.executable, str(script), str(mnt / "images"), str(dest)]
     with child_process(args, env=child_env()) as child:
         assert child.stdout.readline().strip() == "midway"
-        partial = [p for p in dest.parent.iterdir() if staging._PARTIAL in p.name]
+        partial = [p for p in dest.parent.iterdir() if _stage._PARTIAL in p.name]
         assert len(partial) == 1 and any(partial[0].rglob("*.bin"))  # half-done, hidden
         child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=10) == -signal.SIGKILL
     assert not dest.exists()  # a partial copy never counts
 
-    assert staging.stage(mnt / "images", dest) == dest
+    assert _stage.stage(mnt / "images", dest) == dest
     assert _contents(dest) == _contents(backing / "images")
     assert [p.name for p in dest.parent.iterdir()] == ["images"]  # the dead child's leftovers are gone
 
@@ -147,16 +147,16 @@ def test_staging_killed_midway_leaves_no_destination_and_next_call_completes(dri
 def test_not_enough_disk_is_refused_before_copying(tmp_path, monkeypatch):
     src = tmp_path / "images"
     _make_dataset(src, n=100)
-    monkeypatch.setattr(staging, "_disk_free", lambda path: 10 * 2**20)
+    monkeypatch.setattr(_stage, "_disk_free", lambda path: 10 * 2**20)
     dest = tmp_path / "local" / "images"
     with pytest.raises(StageError, match=r"Not enough local disk to stage .*images: it needs 25\.0 KiB, .* has 10\.0 MiB free") as info:
-        staging.stage(src, dest)
+        _stage.stage(src, dest)
     assert info.value.needed_bytes == 100 * 256
     assert info.value.free_bytes == 10 * 2**20
     assert info.value.hint.startswith("Free at least 54.0 MiB on the VM")
     assert "pass dest= on a disk with more room" in info.value.hint
     assert not dest.exists()
-    assert not (tmp_path / f"images{staging.ARCHIVE_SUFFIX}").exists()  # nothing written to Drive either
+    assert not (tmp_path / f"images{_stage.ARCHIVE_SUFFIX}").exists()  # nothing written to Drive either
 
 
 def _zip(path: Path, members: dict[str, bytes]) -> None:
@@ -184,11 +184,11 @@ MEMBERS = {"train/a.txt": b"alpha", "train/b.txt": b"beta", "labels.csv": b"x,y\
 def test_archive_sources_are_extracted_directly(tmp_path, filename, mode):
     src = tmp_path / filename
     _zip(src, MEMBERS) if mode is None else _tar(src, MEMBERS, mode)
-    dest = staging.stage(src, tmp_path / "local" / "ds")
+    dest = _stage.stage(src, tmp_path / "local" / "ds")
     assert {k: v for k, v in _contents(dest).items() if v is not None} == MEMBERS
-    stamp_mtime = (dest / staging.STAMP).stat().st_mtime_ns
-    assert staging.stage(src, tmp_path / "local" / "ds") == dest
-    assert (dest / staging.STAMP).stat().st_mtime_ns == stamp_mtime
+    stamp_mtime = (dest / _stage.STAMP).stat().st_mtime_ns
+    assert _stage.stage(src, tmp_path / "local" / "ds") == dest
+    assert (dest / _stage.STAMP).stat().st_mtime_ns == stamp_mtime
 
 
 @pytest.mark.parametrize(
@@ -206,7 +206,7 @@ def test_members_escaping_the_destination_are_refused(tmp_path, filename, builde
     builder(src)
     dest = tmp_path / "local" / "ds"
     with pytest.raises(StageError, match="would be written outside the destination") as info:
-        staging.stage(src, dest)
+        _stage.stage(src, dest)
     assert bad in info.value.message
     assert "Only stage archives you trust" in info.value.hint
     assert not dest.exists() and not (tmp_path / "evil.txt").exists()
@@ -216,13 +216,13 @@ def test_members_escaping_the_destination_are_refused(tmp_path, filename, builde
 def test_plain_file_is_copied(tmp_path):
     src = tmp_path / "weights.bin"
     src.write_bytes(b"w" * 1000)
-    dest = staging.stage(src, tmp_path / "local" / "weights")
+    dest = _stage.stage(src, tmp_path / "local" / "weights")
     assert (dest / "weights.bin").read_bytes() == b"w" * 1000
 
 
 def test_missing_source_and_foreign_destination(tmp_path):
     with pytest.raises(StageError, match=r"Nothing to stage: .*nowhere does not exist") as info:
-        staging.stage(tmp_path / "nowhere")
+        _stage.stage(tmp_path / "nowhere")
     assert "mount Drive first" in info.value.hint
     src = tmp_path / "ds"
     _make_dataset(src, n=3)
@@ -230,32 +230,32 @@ def test_missing_source_and_foreign_destination(tmp_path):
     mine.mkdir()
     (mine / "thesis.tex").write_text("keep me")
     with pytest.raises(StageError, match="was not made by colabkit.stage\\(\\); refusing to replace it"):
-        staging.stage(src, mine)
+        _stage.stage(src, mine)
     assert (mine / "thesis.tex").read_text() == "keep me"
 
 
 def test_default_destination_off_and_on_colab(tmp_path, monkeypatch):
     src = tmp_path / "ds.zip"
     _zip(src, MEMBERS)
-    assert staging.stage(src) == tmp_path / "home" / ".cache" / "colabkit" / "data" / "ds"
+    assert _stage.stage(src) == tmp_path / "home" / ".cache" / "colabkit" / "data" / "ds"
     monkeypatch.setenv("COLABKIT_CACHE", str(tmp_path / "cache"))
-    assert staging.stage(src) == tmp_path / "cache" / "data" / "ds"
+    assert _stage.stage(src) == tmp_path / "cache" / "data" / "ds"
     vm = tmp_path / "vm"
     (vm / "var" / "colab").mkdir(parents=True)
     (vm / "var" / "colab" / "hostname").write_text("colab-vm\n")
     monkeypatch.setenv("COLABKIT_SYSROOT", str(vm))
-    assert staging.stage(src) == vm / "content" / "data" / "ds"
+    assert _stage.stage(src) == vm / "content" / "data" / "ds"
 
 
 def test_progress_bar_only_when_someone_watches(tmp_path, monkeypatch, capsys):
     src = tmp_path / "ds.zip"
     _zip(src, MEMBERS)
-    staging.stage(src, tmp_path / "a")  # COLABKIT_DISPLAY=plain: no bar
+    _stage.stage(src, tmp_path / "a")  # COLABKIT_DISPLAY=plain: no bar
     assert capsys.readouterr().out == ""
     monkeypatch.setenv("COLABKIT_DISPLAY", "terminal")
-    staging.stage(src, tmp_path / "b")
+    _stage.stage(src, tmp_path / "b")
     assert "extract ds.zip" in capsys.readouterr().out
-    staging.stage(src, tmp_path / "c", progress=False)
+    _stage.stage(src, tmp_path / "c", progress=False)
     assert capsys.readouterr().out == ""
 
 
@@ -263,17 +263,17 @@ def test_restaging_refuses_to_delete_files_added_to_the_staged_folder(tmp_path):
     src = tmp_path / "ds"
     _make_dataset(src, n=3)
     dest = tmp_path / "local" / "ds"
-    staging.stage(src, dest)
+    _stage.stage(src, dest)
     (dest / "notes.txt").write_text("my notes")
     (dest / "mine").mkdir()
     (dest / "mine" / "a.txt").write_text("a")
     (dest / "class0" / "extra.bin").write_bytes(b"x")
-    assert staging.stage(src, dest) == dest  # source unchanged: nothing to do, nothing touched
+    assert _stage.stage(src, dest) == dest  # source unchanged: nothing to do, nothing touched
     assert (dest / "notes.txt").read_text() == "my notes"
 
     (src / "class1" / "img00001.bin").write_bytes(b"changed")
     with pytest.raises(StageError, match="holds files stage\\(\\) did not put there") as info:
-        staging.stage(src, dest)
+        _stage.stage(src, dest)
     assert info.value.message == (
         f"{dest} must be re-staged because {src} changed, but it holds files stage() did not put there: "
         "'class0/extra.bin', 'mine/', 'notes.txt'; refusing to delete them"
@@ -287,34 +287,34 @@ def test_restaging_refuses_to_delete_files_added_to_the_staged_folder(tmp_path):
     for i in range(5):
         (dest / f"more{i}.txt").write_text("x")
     with pytest.raises(StageError, match="'mine/', 'more0.txt', 'more1.txt', 'more2.txt' and 3 more; refusing"):
-        staging.stage(src, dest)
+        _stage.stage(src, dest)
 
-    assert staging.stage(src, dest, overwrite=True) == dest
+    assert _stage.stage(src, dest, overwrite=True) == dest
     assert _contents(dest) == _contents(src)
     assert [p.name for p in dest.parent.iterdir()] == ["ds"]
 
-    (dest / staging.FILES).unlink()  # as staged by a version that kept no list
+    (dest / _stage.FILES).unlink()  # as staged by a version that kept no list
     (src / "class1" / "img00001.bin").write_bytes(b"changed again")
     with pytest.raises(StageError, match="staged by an older colabkit that did not record its files") as info:
-        staging.stage(src, dest)
+        _stage.stage(src, dest)
     assert info.value.hint.startswith(f"Move anything you added out of {dest} and pass overwrite=True")
 
 
 def test_restaging_without_added_files_replaces_and_overwrite_never_touches_foreign_folders(tmp_path):
     src = tmp_path / "ds.zip"
     _zip(src, MEMBERS)
-    dest = staging.stage(src, tmp_path / "local" / "ds")
-    assert json.loads((dest / staging.FILES).read_text()) == ["labels.csv", "train/", "train/a.txt", "train/b.txt"]
+    dest = _stage.stage(src, tmp_path / "local" / "ds")
+    assert json.loads((dest / _stage.FILES).read_text()) == ["labels.csv", "train/", "train/a.txt", "train/b.txt"]
     _zip(src, {"labels.csv": b"new"})
     os.utime(src, ns=(time.time_ns() + 10**9,) * 2)
-    assert staging.stage(src, dest) == dest
+    assert _stage.stage(src, dest) == dest
     assert {k: v for k, v in _contents(dest).items() if v is not None} == {"labels.csv": b"new"}
 
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("keep me")
     with pytest.raises(StageError, match="was not made by colabkit.stage"):
-        staging.stage(src, mine, overwrite=True)
+        _stage.stage(src, mine, overwrite=True)
     assert (mine / "thesis.tex").read_text() == "keep me"
 
 
@@ -323,16 +323,16 @@ def test_leftovers_of_this_machine_go_when_their_stager_is_dead(tmp_path):
     _make_dataset(src, n=5)
     dest = tmp_path / "local" / "images"
     dest.parent.mkdir()
-    me = checkpoint._machine_tag()
+    me = _files.machine_tag()
     dead = _dead_pid()
-    partial = dest.with_name(f".images{staging._PARTIAL}{me}-{dead}")
-    live = dest.with_name(f".images{staging._PARTIAL}{me}-{os.getppid()}")
-    archive_temp = tmp_path / f".images{staging.ARCHIVE_SUFFIX}.tmp-{me}-{dead}-0123abcd"
+    partial = dest.with_name(f".images{_stage._PARTIAL}{me}-{dead}")
+    live = dest.with_name(f".images{_stage._PARTIAL}{me}-{os.getppid()}")
+    archive_temp = tmp_path / f".images{_stage.ARCHIVE_SUFFIX}.tmp-{me}-{dead}-0123abcd"
     for p in (partial, live):
         p.mkdir()
         (p / "half.bin").write_bytes(b"half")
     archive_temp.write_bytes(b"half")
-    staging.stage(src, dest)
+    _stage.stage(src, dest)
     assert not partial.exists() and not archive_temp.exists()
     assert live.exists()
 
@@ -345,10 +345,10 @@ def test_leftovers_of_another_machine_go_only_after_a_day(tmp_path):
     dest.parent.mkdir()
     dead = _dead_pid()
     fresh = [
-        dest.with_name(f".images{staging._PARTIAL}othervm_0badf00d-{dead}"),
-        dest.with_name(f".images{staging._OLD}{dead}"),  # written before names held the machine
-        tmp_path / f".images{staging.ARCHIVE_SUFFIX}.tmp-othervm_0badf00d-{dead}-0123abcd",
-        tmp_path / f".images{staging.INDEX_SUFFIX}.tmp-othervm_0badf00d-{dead}-0123abcd",
+        dest.with_name(f".images{_stage._PARTIAL}othervm_0badf00d-{dead}"),
+        dest.with_name(f".images{_stage._OLD}{dead}"),  # written before names held the machine
+        tmp_path / f".images{_stage.ARCHIVE_SUFFIX}.tmp-othervm_0badf00d-{dead}-0123abcd",
+        tmp_path / f".images{_stage.INDEX_SUFFIX}.tmp-othervm_0badf00d-{dead}-0123abcd",
     ]
     stale = [p.with_name(p.name + "0") for p in fresh]  # another pid (or random part), a day old
     for p in fresh + stale:
@@ -356,10 +356,10 @@ def test_leftovers_of_another_machine_go_only_after_a_day(tmp_path):
             p.mkdir()
         else:
             p.write_bytes(b"half")
-    day_ago = time.time() - checkpoint.FOREIGN_TEMP_AGE_S - 60
+    day_ago = time.time() - _files.FOREIGN_TEMP_AGE_S - 60
     for p in stale:
         os.utime(p, (day_ago, day_ago))
-    staging.stage(src, dest)
+    _stage.stage(src, dest)
     assert [p.name for p in fresh if not p.exists()] == []
     assert [p.name for p in stale if p.exists()] == []
 

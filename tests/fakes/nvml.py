@@ -2,7 +2,7 @@
 and exception classes, with numbers and failures set by the test.
 
     nvml = FakeNvml([FakeDevice(name="Tesla T4", total=15 * GIB, used=[1 * GIB, 2 * GIB])])
-    with colabkit.gpu._use_library(nvml):
+    with colabkit._nvml._use_library(nvml):
         ...
 
 ``FakeDevice.used`` may be a list: each memory read takes the next value (the last one repeats), so
@@ -155,7 +155,7 @@ class FakeDevice:
 
 
 class FakeNvml:
-    """An object with pynvml's names, passed to ``colabkit.gpu._use_library``."""
+    """An object with pynvml's names, passed to ``colabkit._nvml._use_library``."""
 
     NVML_SUCCESS = NVML_SUCCESS
     NVML_TEMPERATURE_GPU = NVML_TEMPERATURE_GPU

@@ -1,4 +1,4 @@
-"""The GPU memory monitor: a sampler thread, Sample records, Stats, metrics.csv and ``colabkit watch``."""
+"""The GPU memory monitor: a sampler thread reading NVML and the watched process tree, and ``monitor()``."""
 
 from __future__ import annotations
 
@@ -10,181 +10,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import display
+from . import _display, _procs
+from ._stats import BASELINE, NEW_PIDS, PID, Accumulator, Sample, Stats, method_rank
 
-__all__ = ["DeviceStats", "Monitor", "Sample", "Sampler", "Stats", "monitor"]
+__all__ = ["MIN_INTERVAL", "Monitor", "Sampler", "default_source", "monitor"]
 
 MIN_INTERVAL = 0.05  # seconds; below this the sampler costs more than it tells
 TREE_REFRESH_S = 3.0  # the child's process tree is walked this often, not every tick
 CSV_FLUSH_S = 1.0
 MAX_SAMPLES = 36_000  # kept in memory for plots (10 h at 1 s); Stats cover the whole run regardless
-
-# attribution methods, most specific first
-PID = "pid"  # NVML lists a process of the child's tree
-NEW_PIDS = "new-pids"  # NVML lists processes that were not there at launch (PID namespaces hide the tree)
-BASELINE = "baseline"  # device used minus used at launch
-_METHOD_RANK = {PID: 0, NEW_PIDS: 1, BASELINE: 2}
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One reading. Per-GPU tuples are indexed by GPU; ``None`` where NVML could not say.
-
-    ``t`` is seconds since the sampler started; bytes are ``int``; ``util`` in %, ``temp`` in °C,
-    ``power_w`` in W. ``child_gpu_bytes`` is the GPU memory attributed to the watched process tree
-    by ``attribution``; ``child_rss_bytes`` its resident host memory.
-    """
-
-    t: float
-    used: tuple[int | None, ...] = ()
-    total: tuple[int | None, ...] = ()
-    util: tuple[int | None, ...] = ()
-    temp: tuple[int | None, ...] = ()
-    power_w: tuple[float | None, ...] = ()
-    child_gpu_bytes: int | None = None
-    child_rss_bytes: int | None = None
-    attribution: str | None = None
-
-    def __repr__(self) -> str:
-        fb = display.format_bytes
-        parts = [f"t={self.t:.2f}"]
-        if self.used or self.total:
-            gpus = ", ".join(f"{fb(u)}/{fb(t)}" for u, t in zip(self.used, self.total, strict=False))
-            parts.append(f"gpu=[{gpus}]")
-        if any(u is not None for u in self.util):
-            parts.append("util=[" + ", ".join(display.na(u, "%") for u in self.util) + "]")
-        if self.child_gpu_bytes is not None:
-            by = f" by {self.attribution}" if self.attribution else ""
-            parts.append(f"child_gpu={fb(self.child_gpu_bytes)}{by}")
-        if self.child_rss_bytes is not None:
-            parts.append(f"child_rss={fb(self.child_rss_bytes)}")
-        return f"Sample({', '.join(parts)})"
-
-    def _repr_html_(self) -> str:
-        return display.html_pre(repr(self))
-
-
-@dataclass(frozen=True)
-class DeviceStats:
-    """Memory and utilisation of one GPU over the monitored time (bytes, %)."""
-
-    index: int
-    peak_used_bytes: int | None
-    mean_used_bytes: int | None
-    total_bytes: int | None
-    util_mean: float | None
-    util_p95: int | None
-
-    @property
-    def headroom_bytes(self) -> int | None:
-        """GPU memory never used at the peak: ``total - peak``."""
-        if self.total_bytes is None or self.peak_used_bytes is None:
-            return None
-        return self.total_bytes - self.peak_used_bytes
-
-    def __repr__(self) -> str:
-        fb = display.format_bytes
-        parts = [f"index={self.index}", f"peak={fb(self.peak_used_bytes)}/{fb(self.total_bytes)}"]
-        if self.mean_used_bytes is not None:
-            parts.append(f"mean={fb(self.mean_used_bytes)}")
-        if self.util_mean is not None:
-            parts.append(f"util mean {self.util_mean:.0f}% p95 {display.na(self.util_p95, '%')}")
-        return f"DeviceStats({', '.join(parts)})"
-
-    def _repr_html_(self) -> str:
-        return display.html_pre(repr(self))
-
-
-@dataclass(frozen=True)
-class Stats:
-    """What the monitor saw. Top-level GPU fields describe the GPU with the highest peak (``device``).
-
-    Examples:
-        >>> r.stats
-        Stats(duration=1m15s, peak=9.8 GiB/15.0 GiB, headroom=5.2 GiB, util mean 81% p95 99%, child 9.5 GiB by pid)
-    """
-
-    duration_s: float
-    n_samples: int
-    gpu_count: int
-    devices: tuple[DeviceStats, ...] = ()
-    child_peak_gpu_bytes: int | None = None
-    attribution: str | None = None
-    child_peak_rss_bytes: int | None = None
-    pid_bytes_hidden: bool = False  # NVML listed the child's pid but hid its bytes (containers)
-
-    @property
-    def _top(self) -> DeviceStats | None:
-        known = [d for d in self.devices if d.peak_used_bytes is not None]
-        return max(known, key=lambda d: d.peak_used_bytes or 0) if known else None
-
-    @property
-    def device(self) -> int | None:
-        top = self._top
-        return top.index if top else None
-
-    @property
-    def peak_used_bytes(self) -> int | None:
-        top = self._top
-        return top.peak_used_bytes if top else None
-
-    @property
-    def mean_used_bytes(self) -> int | None:
-        top = self._top
-        return top.mean_used_bytes if top else None
-
-    @property
-    def total_bytes(self) -> int | None:
-        top = self._top
-        return top.total_bytes if top else None
-
-    @property
-    def headroom_bytes(self) -> int | None:
-        top = self._top
-        return top.headroom_bytes if top else None
-
-    @property
-    def util_mean(self) -> float | None:
-        top = self._top
-        return top.util_mean if top else None
-
-    @property
-    def util_p95(self) -> int | None:
-        top = self._top
-        return top.util_p95 if top else None
-
-    def describe(self, *, duration: bool = True) -> str:
-        """One line: duration (unless ``duration=False``), peak/total, headroom, utilisation, child memory."""
-        fb = display.format_bytes
-        parts = [f"duration={display.format_duration(self.duration_s)}"] if duration else []
-        if self.gpu_count == 0:
-            parts.append("no GPU")
-        else:
-            parts.append(f"peak={fb(self.peak_used_bytes)}/{fb(self.total_bytes)}")
-            parts.append(f"headroom={fb(self.headroom_bytes)}")
-            mean = "n/a" if self.util_mean is None else f"{self.util_mean:.0f}%"
-            p95 = "n/a" if self.util_p95 is None else f"{self.util_p95}%"
-            parts.append(f"util mean {mean} p95 {p95}")
-            if self.attribution is not None:
-                hidden = (
-                    " (NVML lists the child's pid but hides its bytes)"
-                    if self.pid_bytes_hidden and self.attribution != PID
-                    else ""
-                )
-                parts.append(f"child {fb(self.child_peak_gpu_bytes)} by {self.attribution}{hidden}")
-        if self.child_peak_rss_bytes is not None:
-            parts.append(f"RAM peak {fb(self.child_peak_rss_bytes)}")
-        return ", ".join(parts)
-
-    def __repr__(self) -> str:
-        return f"Stats({self.describe()})"
-
-    def _repr_html_(self) -> str:
-        return display.html_pre(repr(self))
 
 
 class _NoGpu:
@@ -200,102 +37,14 @@ class _NoGpu:
         return []
 
 
-def _default_source() -> Any:
-    from . import gpu
+def default_source() -> Any:
+    """The shared NVML source, or one with no devices when NVML cannot even be loaded."""
+    from . import _nvml
 
     try:
-        return gpu.source()
+        return _nvml.source()
     except Exception:  # NVML broken in a way the probe did not foresee: monitor without GPU
         return _NoGpu()
-
-
-class _Accumulator:
-    """Running peak/mean/utilisation histogram of one GPU, so Stats cover more than the buffer."""
-
-    def __init__(self) -> None:
-        self.peak: int | None = None
-        self.used_sum = 0
-        self.used_n = 0
-        self.total: int | None = None
-        self.util_hist = [0] * 101
-        self.util_sum = 0
-        self.util_n = 0
-
-    def add(self, used: int | None, total: int | None, util: int | None) -> None:
-        if used is not None:
-            self.peak = used if self.peak is None else max(self.peak, used)
-            self.used_sum += used
-            self.used_n += 1
-        if total is not None:
-            self.total = total
-        if util is not None:
-            u = min(100, max(0, int(util)))
-            self.util_hist[u] += 1
-            self.util_sum += u
-            self.util_n += 1
-
-    def p95(self) -> int | None:
-        """Nearest-rank 95th percentile of the utilisation readings."""
-        if not self.util_n:
-            return None
-        rank = math.ceil(0.95 * self.util_n)
-        seen = 0
-        for value, count in enumerate(self.util_hist):
-            seen += count
-            if seen >= rank:
-                return value
-        return 100  # pragma: no cover
-
-    def stats(self, index: int) -> DeviceStats:
-        return DeviceStats(
-            index=index,
-            peak_used_bytes=self.peak,
-            mean_used_bytes=round(self.used_sum / self.used_n) if self.used_n else None,
-            total_bytes=self.total,
-            util_mean=self.util_sum / self.util_n if self.util_n else None,
-            util_p95=self.p95(),
-        )
-
-
-class _Tree:
-    """The watched process and its descendants, re-walked every ``refresh_s`` (a walk costs ~1.6 ms)."""
-
-    def __init__(self, pid: int, clock: Callable[[], float], refresh_s: float) -> None:
-        self.pid = pid
-        self.clock = clock
-        self.refresh_s = refresh_s
-        self.procs: list[Any] = []
-        self.next_walk = -math.inf
-
-    def _walk(self) -> None:
-        import psutil
-
-        try:
-            root = psutil.Process(self.pid)
-            self.procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            self.procs = []
-
-    def read(self) -> tuple[set[int], int | None]:
-        """PIDs of the tree and the sum of their resident memory (``None`` once the tree is gone)."""
-        import psutil
-
-        now = self.clock()
-        if now >= self.next_walk:
-            self._walk()
-            self.next_walk = now + self.refresh_s
-        pids: set[int] = set()
-        rss = 0
-        alive = []
-        for proc in self.procs:
-            try:
-                rss += proc.memory_info().rss
-            except psutil.Error:
-                continue
-            pids.add(proc.pid)
-            alive.append(proc)
-        self.procs = alive
-        return pids, (rss if alive else None)
 
 
 class Sampler:
@@ -306,7 +55,7 @@ class Sampler:
     ``sample_once()`` takes one sample synchronously: tests drive it with a scripted source and clock.
 
     Args:
-        source: an object with ``device_count()``, ``read(i)`` and ``processes(i)`` (``colabkit.gpu.NvmlSource``);
+        source: an object with ``device_count()``, ``read(i)`` and ``processes(i)`` (``colabkit._nvml.NvmlSource``);
             ``None`` means the shared NVML source, or no GPU when NVML is absent.
         clock: seconds, monotonic.
         interval: seconds between samples (at least 0.05).
@@ -329,7 +78,7 @@ class Sampler:
     ) -> None:
         if not interval or interval < MIN_INTERVAL:
             raise ValueError(f"interval={interval!r} is too short: use at least {MIN_INTERVAL} seconds")
-        self.source = source if source is not None else _default_source()
+        self.source = source if source is not None else default_source()
         self.clock = clock
         self.interval = float(interval)
         self.tree_refresh_s = tree_refresh_s
@@ -339,12 +88,12 @@ class Sampler:
             self.gpu_count = 0
         self._lock = threading.Lock()
         self._buffer: collections.deque[Sample] = collections.deque(maxlen=max_samples)
-        self._acc = [_Accumulator() for _ in range(self.gpu_count)]
+        self._acc = [Accumulator() for _ in range(self.gpu_count)]
         self._child_peak: dict[str, int] = {}
         self._rss_peak: int | None = None
         self._pid_bytes_hidden = False
         self._n = 0
-        self._tree: _Tree | None = None
+        self._tree: _procs.TreeMemory | None = None
         self._base_used: list[int | None] = []
         self._base_pids: set[int] = set()
         self._t0 = clock()
@@ -373,7 +122,7 @@ class Sampler:
 
     def watch(self, pid: int) -> None:
         """Attribute memory to the process tree rooted at ``pid`` from now on."""
-        self._tree = _Tree(pid, self.clock, self.tree_refresh_s)
+        self._tree = _procs.TreeMemory(pid, self.tree_refresh_s)
 
     # -- reading ---------------------------------------------------------------------------------
     def _read(self, index: int) -> tuple[Any, Any, Any, Any, Any]:
@@ -420,7 +169,7 @@ class Sampler:
         tree_pids: set[int] = set()
         rss = None
         if self._tree is not None:
-            tree_pids, rss = self._tree.read()
+            tree_pids, rss = self._tree.read(now)
         used = [r[0] for r in reads]
         child, method = self._attribute(used, tree_pids)
         sample = Sample(
@@ -550,7 +299,7 @@ class Sampler:
     def stats(self) -> Stats:
         """Stats over everything sampled so far (not only what the buffer still holds)."""
         with self._lock:
-            method = min(self._child_peak, key=_METHOD_RANK.__getitem__) if self._child_peak else None
+            method = min(self._child_peak, key=method_rank) if self._child_peak else None
             return Stats(
                 duration_s=max(0.0, self._t_last - self._t0),
                 n_samples=self._n,
@@ -604,7 +353,7 @@ class Monitor:
         return f"<Monitor {state}: {self.stats.describe()}>"
 
     def _repr_html_(self) -> str:
-        return display.html_pre(repr(self))
+        return _display.html_pre(repr(self))
 
 
 @contextmanager
@@ -632,7 +381,7 @@ def monitor(
     """
     sampler = Sampler(source, interval=interval, pid=os.getpid(), csv_path=csv_path)
     if sampler.gpu_count == 0:
-        display.note("colabkit.monitor: no NVIDIA GPU visible (NVML found none); tracking RAM and time only")
+        _display.note("colabkit.monitor: no NVIDIA GPU visible (NVML found none); tracking RAM and time only")
     sampler.capture_baseline()
     handle = Monitor(sampler)
     sampler.start()
@@ -640,124 +389,3 @@ def monitor(
         yield handle
     finally:
         handle.stop()
-
-
-# -- gpu.png -----------------------------------------------------------------------------------------
-def _nan(value: int | float | None, scale: float) -> float:
-    return float("nan") if value is None else value / scale
-
-
-def draw(samples: tuple[Sample, ...], out: Path, title: str) -> None:
-    """Draw GPU memory (and the child's) and utilisation over time to the PNG ``out``.
-
-    Raises:
-        ImportError: matplotlib is not installed.
-    """
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 5))
-    mem, util = fig.subplots(2, 1, sharex=True)
-    ts = [s.t for s in samples]
-    gib = 1024**3
-    count = max((len(s.used) for s in samples), default=0)
-    for i in range(count):
-        mem.plot(ts, [_nan(s.used[i], gib) for s in samples], label=f"GPU{i} used")
-        util.plot(ts, [_nan(s.util[i], 1) for s in samples], label=f"GPU{i}")
-        totals = [s.total[i] for s in samples if s.total[i] is not None]
-        if totals:
-            mem.axhline(totals[-1] / gib, linestyle="--", linewidth=0.8, color="grey")
-    if any(s.child_gpu_bytes is not None for s in samples):
-        mem.plot(ts, [_nan(s.child_gpu_bytes, gib) for s in samples], label="child (GPU)")
-    if any(s.child_rss_bytes is not None for s in samples):
-        mem.plot(ts, [_nan(s.child_rss_bytes, gib) for s in samples], label="child RAM", linestyle=":")
-    mem.set_ylabel("GiB")
-    mem.set_title(title)
-    mem.legend(loc="upper left", fontsize="small")
-    util.set_ylabel("GPU util %")
-    util.set_ylim(0, 105)
-    util.set_xlabel("seconds")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-
-
-# -- colabkit watch --------------------------------------------------------------------------------
-def _watch_frame(source: Any, processes: list[Any]) -> str:
-    fb = display.format_bytes
-    lines = [time.strftime("%H:%M:%S")]
-    count = 0
-    try:
-        count = int(source.device_count())
-    except Exception:
-        count = 0
-    if count == 0:
-        lines.append("no NVIDIA GPU visible (NVML found none)")
-    for i in range(count):
-        try:
-            r = source.read(i)
-            used, total, util, temp, power = r.used, r.total, r.util, r.temp, r.power_w
-        except Exception:
-            used = total = util = temp = power = None
-        lines.append(
-            f"GPU {i}: {fb(used)} / {fb(total)}  util {display.na(util, '%')}  "
-            f"{display.na(temp, '°C')}  {display.na(power if power is None else round(power), ' W')}"
-        )
-        for proc in processes:
-            if getattr(proc, "gpu_index", None) == i:
-                cmd = (getattr(proc, "command", None) or "")[:60]
-                lines.append(f"  pid {proc.pid:>7}  {fb(proc.used_bytes):>10}  {cmd}")
-    try:
-        import psutil
-
-        vm = psutil.virtual_memory()
-        lines.append(f"RAM: {fb(vm.total - vm.available)} / {fb(vm.total)}")
-    except Exception:
-        pass
-    return "\n".join(lines)
-
-
-def _gpu_processes() -> list[Any]:
-    try:
-        from . import gpu
-
-        return list(gpu.gpu_processes())
-    except Exception:
-        return []
-
-
-def _cli_configure_watch(parser: Any) -> None:
-    parser.add_argument(
-        "-n",
-        "--interval",
-        type=float,
-        default=2.0,
-        metavar="SECONDS",
-        help="seconds between updates (default 2)",
-    )
-    parser.add_argument("--count", type=int, default=None, metavar="N", help="stop after N updates")
-
-
-def _cli_watch(args: Any) -> int:
-    interval = max(MIN_INTERVAL, float(args.interval))
-    source = _default_source()
-    try:
-        count = int(source.device_count())
-    except Exception:
-        count = 0
-    if count == 0:  # nothing to watch: say so once instead of every frame
-        from .errors import NoGpuError
-
-        raise NoGpuError(
-            "no NVIDIA GPU visible (NVML found none)",
-            "On Colab pick Runtime → Change runtime type → T4 GPU → Save; elsewhere check that "
-            "`nvidia-smi` lists a GPU",
-            reason="no GPU",
-        )
-    stop = threading.Event()
-    n = 0
-    while args.count is None or n < args.count:
-        display.frame(_watch_frame(source, _gpu_processes()), first=n == 0)
-        n += 1
-        if args.count is not None and n >= args.count:
-            break
-        stop.wait(interval)
-    return 0

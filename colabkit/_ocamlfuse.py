@@ -1,8 +1,8 @@
 """The ``ocamlfuse`` backend of ``colabkit.mount()``: google-drive-ocamlfuse, installed from its PPA when
 missing, signed in with a service account key, a pre-authorized state folder or a ``-headless`` OAuth code.
 
-For a second Google account, Shared Drives, Kaggle or any Linux box; ``colabkit.drive`` calls :func:`mount`
-and keeps the mount table, ``find_mount()`` and ``flush()``.
+For a second Google account, Shared Drives, Kaggle or any Linux box; ``colabkit.mount()`` (``_drive``) calls
+:func:`mount` here and keeps ``find_mount()`` and ``flush()``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import display, runtime
-from .drive import _OCAMLFUSE_FSTYPE, Mount, _check_readonly, _is_dead, _not_empty, _table_entry, _unmount
+from . import _display, _mounts, _runtime
+from ._mounts import OCAMLFUSE_FSTYPE, Mount
 from .errors import MountError
 
 __all__ = ["mount"]
@@ -46,7 +46,7 @@ def _tool_env(**extra: str) -> dict[str, str]:
 def _os_ids() -> set[str]:
     ids: set[str] = set()
     try:
-        text = (runtime.sysroot() / "etc/os-release").read_text()
+        text = (_runtime.sysroot() / "etc/os-release").read_text()
     except OSError:
         return ids
     for line in text.splitlines():
@@ -69,7 +69,7 @@ def _ensure_ocamlfuse() -> str:
     if shutil.which("add-apt-repository") is None:
         steps.insert(0, ["apt-get", "install", "-y", "-qq", "software-properties-common"])
     command = " && ".join(" ".join(s) for s in steps)
-    ubuntu = "ubuntu" in _os_ids() or runtime.detect().is_colab
+    ubuntu = "ubuntu" in _os_ids() or _runtime.detect_runtime().is_colab
     if not ubuntu:
         raise MountError(
             "google-drive-ocamlfuse is not installed, and colabkit installs it only on Colab or Ubuntu",
@@ -187,7 +187,7 @@ def _headless_auth(exe: str, client_id: str, label: str, label_dir: Path, timeou
                 method="ocamlfuse",
                 reason="auth",
             )
-        display.note(
+        _display.note(
             "Open this URL, sign in, allow access, then copy the value after 'code=' from the address bar of "
             f"the page it sends you to (it may fail to load; that is fine):\n{url.group(0)}"
         )
@@ -283,27 +283,27 @@ def mount(
     state_dir = state_dir or os.environ.get("COLABKIT_OCAMLFUSE_STATE_DIR")
     client_id = client_id or os.environ.get("COLABKIT_OCAMLFUSE_CLIENT_ID")
     label = label or os.environ.get("COLABKIT_OCAMLFUSE_LABEL") or "default"
-    entry = _table_entry(point)
-    if entry is not None and entry[0] == _OCAMLFUSE_FSTYPE:
-        dead = _is_dead(point)
+    entry = _mounts.entry(point)
+    if entry is not None and entry.fstype == OCAMLFUSE_FSTYPE:
+        dead = _mounts.is_dead(point)
         if not dead and not force:
-            _check_readonly(point, "ocamlfuse", "ro" in entry[1], readonly)
-            return Mount("ocamlfuse", point, point, "ro" in entry[1])
+            _mounts.check_readonly(point, "ocamlfuse", entry.readonly, readonly)
+            return Mount("ocamlfuse", point, point, entry.readonly)
         if dead:
             log.warning(
                 "ocamlfuse mount at %s is dead (Transport endpoint is not connected): remounting", point
             )
-        _unmount(point)
+        _mounts.unmount(point)
     elif entry is not None:
         raise MountError(
-            f"{point} is already a mount point of another file system ({entry[0]})",
+            f"{point} is already a mount point of another file system ({entry.fstype})",
             f"Unmount it first (fusermount3 -u {point}) or pass another mountpoint.",
             mountpoint=point,
             method="ocamlfuse",
             reason="busy",
         )
     if point.is_dir() and any(point.iterdir()):
-        raise _not_empty(point, "ocamlfuse")
+        raise _mounts.not_empty(point, "ocamlfuse")
     exe = _ensure_ocamlfuse()
     label_dir = Path.home() / ".gdfuse" / label
     args = [exe, "-label", label]
@@ -353,9 +353,9 @@ def mount(
             env=_tool_env(),
         )
     except subprocess.TimeoutExpired:
-        half = _table_entry(point)
-        if half is not None and half[0] == _OCAMLFUSE_FSTYPE:
-            _unmount(point)  # the mount came up but the tool never said so: do not keep a half-made mount
+        half = _mounts.entry(point)
+        if half is not None and half.fstype == OCAMLFUSE_FSTYPE:
+            _mounts.unmount(point)  # the mount came up but the tool never said so: do not keep a half-made mount
         raise MountError(
             f"google-drive-ocamlfuse did not finish mounting {point} within {timeout:g} s",
             f"Drive may be slow to answer: call colabkit.mount('ocamlfuse', timeout=300); if it hangs again, "
@@ -364,8 +364,8 @@ def mount(
             method="ocamlfuse",
             reason="timeout",
         ) from None
-    entry = _table_entry(point)
-    if proc.returncode != 0 or entry is None or entry[0] != _OCAMLFUSE_FSTYPE:
+    entry = _mounts.entry(point)
+    if proc.returncode != 0 or entry is None or entry.fstype != OCAMLFUSE_FSTYPE:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
         raise MountError(
             f"google-drive-ocamlfuse could not mount {point} (exit {proc.returncode}): {tail}",

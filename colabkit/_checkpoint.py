@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import pickle
 import re
-import secrets
-import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from . import _procs, runtime
+from . import _files
 from .errors import CheckpointError
 
 __all__ = ["latest", "load", "save"]
@@ -25,41 +21,6 @@ log = logging.getLogger(__name__)
 _SUFFIXES = (".pt", ".pkl")  # .pt: written by torch.save; .pkl: pickle
 _SEQ = re.compile(r"^ckpt-(\d{6,})\.(?:pt|pkl)$")  # the numbered checkpoints save() writes
 MANIFEST = ".colabkit-checkpoints.json"  # in the folder: the named checkpoints save() wrote
-FOREIGN_TEMP_AGE_S = 24 * 3600.0  # a temp file of another machine is abandoned after this long
-# ".<final>.tmp-<machine>-<pid>-<random>"; older versions wrote no machine tag
-_TEMP = re.compile(r"^\.(?P<final>.+)\.tmp-(?:(?P<machine>[^-]+)-)?(?P<pid>\d+)-[0-9a-f]+$")
-
-
-def _machine_tag() -> str:
-    """This machine: its host name and boot id, so another VM sharing a Drive folder is never mistaken for it.
-
-    Host names tell containers apart (they share a kernel and so a boot id but not pids); the boot id
-    tells this boot from an earlier one with the same host name.
-    """
-    host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:40] or "host"
-    boot = re.sub(r"[^0-9a-f]", "", runtime.boot_id().lower())[:8]
-    return f"{host}_{boot}"
-
-
-def _temp_suffix() -> str:
-    """``.tmp-<machine>-<pid>-<random>``: whose temp file this is, for :func:`_abandoned`."""
-    return f".tmp-{_machine_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def _abandoned(path: Path, machine: str | None, pid: int, *, now: float | None = None) -> bool:
-    """Whether a temp file (or folder) written by ``pid`` on ``machine`` can be removed.
-
-    On this machine: when its writer is gone. Another machine's writer cannot be asked (it may be
-    another VM sharing the same Drive folder, saving right now), so its temp files go only when they
-    have not changed for :data:`FOREIGN_TEMP_AGE_S`.
-    """
-    if machine == _machine_tag():
-        return pid != os.getpid() and not _procs.alive(pid)
-    try:
-        age = (time.time() if now is None else now) - path.lstat().st_mtime
-    except OSError:
-        return False
-    return age > FOREIGN_TEMP_AGE_S
 
 
 def _holds_tensors(obj: Any, depth: int = 0) -> bool:
@@ -79,36 +40,10 @@ def _holds_tensors(obj: Any, depth: int = 0) -> bool:
     return False
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some FUSE file systems refuse fsync on a folder; the rename is still atomic
-        pass
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temps(folder: Path) -> None:
-    """Delete temp files left by saves that were killed (see :func:`_abandoned`)."""
-    for entry in folder.iterdir():
-        m = _TEMP.match(entry.name)
-        if m and _abandoned(entry, m.group("machine"), int(m.group("pid"))):
-            with contextlib.suppress(OSError):
-                entry.unlink()
-                log.debug("removed abandoned temp file %s", entry)
-
-
 def _named(folder: Path) -> dict[str, str]:
     """The manifest: stem of each named checkpoint save() wrote → its file name. Unreadable means none."""
-    try:
-        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    named = data.get("named") if isinstance(data, dict) else None
+    data = _files.read_json(folder / MANIFEST)
+    named = data.get("named") if data is not None else None
     if not isinstance(named, dict):
         return {}
     return {k: v for k, v in named.items() if isinstance(k, str) and isinstance(v, str) and v == f"{k}{Path(v).suffix}"}
@@ -118,18 +53,7 @@ def _record_named(folder: Path, stem: str, file_name: str) -> None:
     """Add ``stem`` → ``file_name`` to the manifest (temp file, fsync, rename: never half-written)."""
     named = _named(folder)
     named[stem] = file_name
-    manifest = folder / MANIFEST
-    temp = folder / f".{MANIFEST}{_temp_suffix()}"
-    try:
-        with open(temp, "w", encoding="utf-8") as f:
-            json.dump({"schema": 1, "named": dict(sorted(named.items()))}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, manifest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
+    _files.write_json(folder / MANIFEST, {"schema": 1, "named": dict(sorted(named.items()))}, indent=1)
 
 
 def _ours(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -169,7 +93,7 @@ def save(obj: Any, dir: str | os.PathLike[str], *, keep: int | None = 3, name: s
     """Write a checkpoint atomically and keep only the newest ``keep`` numbered ones.
 
     The object goes to a hidden temp file in ``dir``, is flushed and fsynced, then renamed into place
-    with ``os.replace`` (and the folder fsynced), so a process killed mid-save never leaves a file
+    with ``os.replace`` (and the folder fsynced, see ``_files``), so a process killed mid-save never leaves a file
     that :func:`latest` would return. Objects holding tensors are written with ``torch.save`` (when torch
     is already imported) as ``.pt``; anything else is pickled as ``.pkl``.
 
@@ -205,7 +129,7 @@ def save(obj: Any, dir: str | os.PathLike[str], *, keep: int | None = 3, name: s
     folder = Path(dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(folder)
+        _files.remove_abandoned(folder)
     except OSError as exc:
         raise CheckpointError(
             f"Cannot write checkpoints to {folder}: {exc.strerror or exc}",
@@ -215,23 +139,17 @@ def save(obj: Any, dir: str | os.PathLike[str], *, keep: int | None = 3, name: s
     use_torch = _holds_tensors(obj)
     stem = name or _next_name(folder)
     final = folder / f"{stem}{'.pt' if use_torch else '.pkl'}"
-    temp = folder / f".{final.name}{_temp_suffix()}"
     replaced = None  # a named checkpoint saved before with the other suffix
     try:
-        with open(temp, "wb") as f:
+        with _files.replacing(final, "wb") as f:
             if use_torch:
                 sys.modules["torch"].save(obj, f)
             else:
                 pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, final)
         if _SEQ.match(final.name) is None:
             replaced = _named(folder).get(stem)
             _record_named(folder, stem, final.name)  # after the rename: never claim a file that is not ours
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            temp.unlink()
         if isinstance(exc, OSError):
             raise CheckpointError(
                 f"Could not write checkpoint {final}: {exc.strerror or exc}",
@@ -249,7 +167,6 @@ def save(obj: Any, dir: str | os.PathLike[str], *, keep: int | None = 3, name: s
     if replaced is not None and replaced != final.name:
         with contextlib.suppress(OSError):
             (folder / replaced).unlink()
-    _fsync_dir(folder)
     if keep is not None:
         numbered, _ = _ours(folder)
         for old in numbered[:-keep]:
@@ -297,7 +214,7 @@ def load(path: str | os.PathLike[str], **torch_kwargs: Any) -> Any:
         CheckpointError: no checkpoint there, or it cannot be read (truncated, written by another tool).
 
     Examples:
-        >>> state = colabkit.checkpoint.load(os.environ["COLABKIT_RESUME"])
+        >>> state = colabkit.load(os.environ["COLABKIT_RESUME"])
         >>> state["step"]
         1200
     """

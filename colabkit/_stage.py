@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import io
-import json
 import logging
 import os
 import shutil
 import stat
-import sys
 import tarfile
-import zipfile
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from pathlib import Path
 
-from .checkpoint import _TEMP, _abandoned, _machine_tag, _temp_suffix
+from . import _files
+from ._extract import PREFETCH_MAX, WORKERS, Progress, extract_tar, extract_zip, unpacked_size
+from ._format import format_bytes
 from .errors import StageError
 
 __all__ = ["stage"]
@@ -37,9 +34,6 @@ _PARTIAL = ".colabkit-partial-"
 _OLD = ".colabkit-old-"
 _ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")
 _SLACK_BYTES = 64 * 2**20  # room left free after staging, for the rest of the VM
-_PREFETCH_MAX = 1 << 20  # files up to this size are read ahead in parallel while packing
-_WORKERS = 16  # Drive answers file opens slowly but in parallel
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -60,15 +54,6 @@ def _disk_free(path: Path) -> int:
     return shutil.disk_usage(probe).free
 
 
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
 def _archive_kind(path: Path) -> str | None:
     name = path.name.lower()
     for suffix in _ARCHIVES:
@@ -83,9 +68,9 @@ def _dataset_name(src: Path) -> str:
 
 
 def _default_root() -> Path:
-    from .runtime import detect, sysroot
+    from ._runtime import detect_runtime, sysroot
 
-    if detect().is_colab:
+    if detect_runtime().is_colab:
         return sysroot() / "content" / "data"
     cache = os.environ.get("COLABKIT_CACHE")
     base = Path(cache).expanduser() if cache else Path.home() / ".cache" / "colabkit"
@@ -131,245 +116,6 @@ def _fingerprint(entries: list[_Entry]) -> str:
     return digest.hexdigest()
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-@contextlib.contextmanager
-def _replacing(path: Path, mode: str) -> Iterator[IO[Any]]:
-    """Write through a hidden temp sibling (``.<name>.tmp-<machine>-<pid>-<random>``), fsynced then renamed over ``path``.
-
-    A writer killed midway leaves only the temp file, which the next packing removes once it is abandoned
-    (its writer on this machine is gone, or another machine's temp file is a day old).
-    """
-    temp = path.with_name(f".{path.name}{_temp_suffix()}")
-    try:
-        with open(temp, mode, encoding=None if "b" in mode else "utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    with _replacing(path, "w") as f:
-        json.dump(data, f)
-
-
-# ---------------------------------------------------------------------------- progress
-
-
-class _Progress:
-    """A tqdm bar when someone is watching, else nothing; tqdm is imported only then."""
-
-    def __init__(self, enabled: bool, total: int | None, desc: str, unit: str = "B") -> None:
-        self._bar = None
-        if not enabled:
-            return
-        from .runtime import display_mode
-
-        mode = display_mode()
-        if mode == "plain":
-            return
-        kwargs = {"total": total, "desc": desc, "unit": unit, "leave": True}
-        if unit == "B":
-            kwargs.update(unit_scale=True, unit_divisor=1024)
-        if mode == "notebook":
-            import importlib.util
-
-            if importlib.util.find_spec("ipywidgets") is not None:
-                from tqdm.notebook import tqdm as bar_class
-            else:  # without ipywidgets tqdm.notebook warns; the text bar works in Colab too
-                from tqdm.std import tqdm as bar_class
-        else:
-            from tqdm.std import tqdm as bar_class
-        self._bar = bar_class(file=sys.stdout, **kwargs)
-
-    def update(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.update(n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class _CountingReader(io.RawIOBase):
-    """Wraps a binary file and reports bytes read to a progress bar."""
-
-    def __init__(self, raw: IO[bytes], progress: _Progress) -> None:
-        self._raw = raw
-        self._progress = progress
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = self._raw.readinto(buffer)  # type: ignore[attr-defined]
-        if n:
-            self._progress.update(n)
-        return n or 0
-
-
-# ---------------------------------------------------------------------------- safe extraction
-
-
-def _safe_rel(name: str, archive: Path) -> PurePosixPath:
-    """The member path inside the destination, or StageError when it would land outside it."""
-    rel = PurePosixPath(name.replace("\\", "/"))
-    if rel.is_absolute() or ".." in rel.parts or (rel.parts and ":" in rel.parts[0]):
-        raise _escape_error(archive, name)
-    return rel
-
-
-def _escape_error(archive: Path, name: str) -> StageError:
-    return StageError(
-        f"Refusing to extract {archive}: member {name!r} would be written outside the destination",
-        "Only stage archives you trust; re-create this one with relative paths inside a single folder.",
-    )
-
-
-def _check_tar_member(member: tarfile.TarInfo, archive: Path) -> None:
-    rel = _safe_rel(member.name, archive)
-    if member.issym() or member.islnk():
-        target = PurePosixPath(member.linkname)
-        base = rel.parent if member.issym() else PurePosixPath()
-        depth = 0
-        for part in (base / target).parts:
-            depth += -1 if part == ".." else (0 if part == "." else 1)
-            if depth < 0:
-                break
-        if target.is_absolute() or depth < 0:
-            raise _escape_error(archive, f"{member.name} -> {member.linkname}")
-    elif not (member.isfile() or member.isdir()):
-        raise StageError(
-            f"Refusing to extract {archive}: member {member.name!r} is a device or FIFO",
-            "Stage archives of plain files and folders only.",
-        )
-
-
-def _write_file(path: Path, data: bytes, mode: int, mtime: float) -> None:
-    with open(path, "xb") as f:
-        f.write(data)
-    os.chmod(path, mode)
-    os.utime(path, (mtime, mtime))
-
-
-class _Writer:
-    """Creates small files on a thread pool: on a VM disk each file creation costs most of the time."""
-
-    def __init__(self, into: Path) -> None:
-        self.into = into
-        self._dirs: set[Path] = {into}
-        self._pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="colabkit-stage")
-        self._pending: deque[Future[None]] = deque()
-
-    def parent(self, rel: PurePosixPath) -> Path:
-        folder = self.into.joinpath(*rel.parts[:-1])
-        if folder not in self._dirs:
-            folder.mkdir(parents=True, exist_ok=True)
-            self._dirs.add(folder)
-        return folder
-
-    def submit(self, rel: PurePosixPath, data: bytes, executable: bool, mtime: float) -> None:
-        path = self.parent(rel) / rel.name
-        self._pending.append(self._pool.submit(_write_file, path, data, 0o755 if executable else 0o644, mtime))
-        while len(self._pending) > 8 * _WORKERS:
-            self._pending.popleft().result()
-
-    def drain(self) -> None:
-        while self._pending:
-            self._pending.popleft().result()
-
-    def close(self) -> None:
-        for fut in self._pending:
-            fut.cancel()
-        self._pool.shutdown(wait=True)
-
-    def __enter__(self) -> _Writer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            if exc[0] is None:
-                self.drain()
-        finally:
-            self.close()
-
-
-def _extract_tar(archive: Path, into: Path, progress: bool) -> None:
-    filter_kw: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-    links_seen = False
-    with (
-        open(archive, "rb", buffering=0) as raw,
-        _Progress(progress, archive.stat().st_size, f"extract {archive.name}") as bar,
-        _Writer(into) as writer,
-    ):
-        reader = io.BufferedReader(_CountingReader(raw, bar), buffer_size=_CHUNK)
-        with tarfile.open(fileobj=reader, mode="r|*") as tar:
-            for member in tar:
-                _check_tar_member(member, archive)
-                links_seen = links_seen or member.issym() or member.islnk()
-                rel = _safe_rel(member.name, archive)
-                if member.isfile() and member.size <= _PREFETCH_MAX and not links_seen and rel.parts:
-                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                    writer.submit(rel, data, bool(member.mode & 0o100), member.mtime)
-                    continue
-                writer.drain()  # links and large files go through tarfile's own checks, in order
-                try:
-                    tar.extract(member, into, **filter_kw)
-                except tarfile.TarError as exc:  # the data filter's own refusals
-                    raise _escape_error(archive, member.name) from exc
-
-
-def _extract_zip(archive: Path, into: Path, progress: bool) -> None:
-    with zipfile.ZipFile(archive) as zf:
-        infos = zf.infolist()
-        for info in infos:
-            _safe_rel(info.filename, archive)
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
-                raise _escape_error(archive, info.filename)
-        with _Progress(progress, sum(i.file_size for i in infos), f"extract {archive.name}") as bar, _Writer(into) as writer:
-            for info in infos:
-                rel = _safe_rel(info.filename, archive)
-                if info.is_dir() or info.file_size > _PREFETCH_MAX or not rel.parts:
-                    writer.drain()
-                    zf.extract(info, into)
-                else:
-                    mtime = datetime(*info.date_time).timestamp()
-                    writer.submit(rel, zf.read(info), bool((info.external_attr >> 16) & 0o100), mtime)
-                bar.update(info.file_size)
-
-
-def _unpacked_size(archive: Path, kind: str) -> int:
-    """Bytes the archive takes once extracted (best estimate without reading it through)."""
-    size = archive.stat().st_size
-    if kind == ".zip":
-        with zipfile.ZipFile(archive) as zf:
-            return sum(i.file_size for i in zf.infolist())
-    if kind in (".tar.gz", ".tgz"):
-        with open(archive, "rb") as f:  # gzip keeps the unpacked size mod 2**32 in its last 4 bytes
-            f.seek(-4, os.SEEK_END)
-            isize = int.from_bytes(f.read(4), "little")
-        return max(size, isize)
-    return size
-
-
 # ---------------------------------------------------------------------------- packing and copying
 
 
@@ -383,13 +129,13 @@ def _prefetched(folder: Path, files: list[_Entry], pool: ThreadPoolExecutor) -> 
     window: deque[tuple[_Entry, Future[bytes] | None]] = deque()
     it = iter(files)
     for entry in it:
-        window.append((entry, pool.submit(_read_small, folder / entry.rel) if entry.size <= _PREFETCH_MAX else None))
-        if len(window) >= 4 * _WORKERS:
+        window.append((entry, pool.submit(_read_small, folder / entry.rel) if entry.size <= PREFETCH_MAX else None))
+        if len(window) >= 4 * WORKERS:
             break
     for entry in it:
         head, fut = window.popleft()
         yield head, fut.result() if fut else None
-        window.append((entry, pool.submit(_read_small, folder / entry.rel) if entry.size <= _PREFETCH_MAX else None))
+        window.append((entry, pool.submit(_read_small, folder / entry.rel) if entry.size <= PREFETCH_MAX else None))
     while window:
         head, fut = window.popleft()
         yield head, fut.result() if fut else None
@@ -399,10 +145,10 @@ def _pack(folder: Path, entries: list[_Entry], archive: Path, progress: bool) ->
     """Write ``folder`` as an uncompressed tar at ``archive`` (temp file, then rename)."""
     files = [e for e in entries if e.size >= 0]
     with (
-        _replacing(archive, "wb") as out,
+        _files.replacing(archive, "wb") as out,
         tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar,
-        ThreadPoolExecutor(_WORKERS, thread_name_prefix="colabkit-stage") as pool,
-        _Progress(progress, len(files), f"pack {folder.name}", unit="file") as bar,
+        ThreadPoolExecutor(WORKERS, thread_name_prefix="colabkit-stage") as pool,
+        Progress(progress, len(files), f"pack {folder.name}", unit="file") as bar,
     ):
         for e in entries:
             if e.size < 0:
@@ -434,8 +180,8 @@ def _copy_direct(folder: Path, entries: list[_Entry], into: Path, progress: bool
             (into / e.rel).mkdir(parents=True, exist_ok=True)
     files = [e for e in entries if e.size >= 0]
     with (
-        ThreadPoolExecutor(_WORKERS, thread_name_prefix="colabkit-stage") as pool,
-        _Progress(progress, sum(e.size for e in files), f"copy {folder.name}") as bar,
+        ThreadPoolExecutor(WORKERS, thread_name_prefix="colabkit-stage") as pool,
+        Progress(progress, sum(e.size for e in files), f"copy {folder.name}") as bar,
     ):
         futures = [(e, pool.submit(_copy_one, folder / e.rel, into / e.rel, e.mtime_ns)) for e in files]
         try:
@@ -452,7 +198,7 @@ def _archive_for(folder: Path, entries: list[_Entry], fingerprint: str, progress
     """The up-to-date archive beside ``folder`` (packing it if needed), or None when Drive refuses writes."""
     archive = folder.with_name(folder.name + ARCHIVE_SUFFIX)
     index = folder.with_name(folder.name + INDEX_SUFFIX)
-    known = _read_json(index)
+    known = _files.read_json(index)
     if known and known.get("fingerprint") == fingerprint:
         try:
             st = archive.stat()
@@ -461,16 +207,12 @@ def _archive_for(folder: Path, entries: list[_Entry], fingerprint: str, progress
         except OSError:
             pass
     for written in (archive, index):  # temp files of a packing that was killed
-        for leftover in folder.parent.glob(f".{written.name}.tmp-*"):
-            m = _TEMP.match(leftover.name)
-            if m and m.group("final") == written.name and _abandoned(leftover, m.group("machine"), int(m.group("pid"))):
-                with contextlib.suppress(OSError):
-                    leftover.unlink()
+        _files.remove_abandoned(folder.parent, written.name)
     log.info("packing %s into %s", folder, archive)
     try:
         _pack(folder, entries, archive, progress)
         st = archive.stat()
-        _write_json_atomic(
+        _files.write_json(
             index,
             {
                 "schema": 1,
@@ -479,6 +221,7 @@ def _archive_for(folder: Path, entries: list[_Entry], fingerprint: str, progress
                 "archive_mtime_ns": st.st_mtime_ns,
                 "files": [[e.rel, e.size, e.mtime_ns] for e in entries],
             },
+            indent=None,
         )
     except OSError as exc:
         if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
@@ -493,7 +236,7 @@ def _archive_for(folder: Path, entries: list[_Entry], fingerprint: str, progress
 
 def _sibling(dest: Path, kind: str) -> Path:
     """``.<dest>.colabkit-partial-<machine>-<pid>`` (or ``-old-``): a temp folder beside ``dest``."""
-    return dest.with_name(f".{dest.name}{kind}{_machine_tag()}-{os.getpid()}")
+    return dest.with_name(f".{dest.name}{kind}{_files.machine_tag()}-{os.getpid()}")
 
 
 def _clear_leftovers(dest: Path) -> None:
@@ -504,7 +247,7 @@ def _clear_leftovers(dest: Path) -> None:
     for prefix in (f".{dest.name}{_PARTIAL}", f".{dest.name}{_OLD}"):
         for leftover in parent.glob(f"{prefix}*"):
             machine, _, pid = leftover.name[len(prefix):].rpartition("-")  # older versions wrote the pid only
-            if pid.isdigit() and _abandoned(leftover, machine or None, int(pid)):
+            if pid.isdigit() and _files.abandoned(leftover, machine or None, int(pid)):
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -515,11 +258,8 @@ def _listing(folder: Path) -> list[str]:
 
 def _unknown_entries(target: Path) -> list[str]:
     """Entries in a staged folder that stage() did not put there (a folder counts once, not its contents)."""
-    try:
-        recorded = json.loads((target / FILES).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        recorded = None
-    known = set(recorded) if isinstance(recorded, list) else set()
+    recorded = _files.read_json(target / FILES, list)
+    known = set(recorded) if recorded is not None else set()
     known.update((STAMP, FILES))
     unknown: list[str] = []
     unknown_dirs: set[str] = set()
@@ -538,9 +278,9 @@ def _check_space(src: Path, dest: Path, needed: int) -> None:
     free = _disk_free(dest.parent)
     if needed + _SLACK_BYTES > free:
         raise StageError(
-            f"Not enough local disk to stage {src}: it needs {_human(needed)}, "
-            f"{dest.parent} has {_human(free)} free",
-            f"Free at least {_human(needed + _SLACK_BYTES - free)} on the VM (delete old copies under "
+            f"Not enough local disk to stage {src}: it needs {format_bytes(needed)}, "
+            f"{dest.parent} has {format_bytes(free)} free",
+            f"Free at least {format_bytes(needed + _SLACK_BYTES - free)} on the VM (delete old copies under "
             f"{dest.parent}), stage a smaller subset, or pass dest= on a disk with more room.",
             needed_bytes=needed,
             free_bytes=free,
@@ -600,7 +340,7 @@ def stage(
             f"Cannot stage {source} into itself ({target})",
             "Pass a dest= outside the source folder, or leave dest out for the default.",
         )
-    stamp = _read_json(target / STAMP) if target.is_dir() else None
+    stamp = _files.read_json(target / STAMP) if target.is_dir() else None
     if target.exists() and stamp is None and (not target.is_dir() or any(target.iterdir())):
         raise StageError(
             f"{target} already exists and was not made by colabkit.stage(); refusing to replace it",
@@ -616,7 +356,7 @@ def stage(
         st = source.stat()
         entries = []
         fingerprint = f"{source.name}\0{st.st_size}\0{st.st_mtime_ns}"
-        needed = _unpacked_size(source, kind) if kind else st.st_size
+        needed = unpacked_size(source, kind) if kind else st.st_size
     if stamp and stamp.get("fingerprint") == fingerprint and stamp.get("source") == str(source):
         log.info("%s is already staged at %s (unchanged)", source, target)
         return target
@@ -649,19 +389,18 @@ def stage(
         if source.is_dir():
             archive = _archive_for(source, entries, fingerprint, progress)
             if archive is not None:
-                _extract_tar(archive, partial, progress)
+                extract_tar(archive, partial, progress)
             else:
                 _copy_direct(source, entries, partial, progress)
         elif kind == ".zip":
-            _extract_zip(source, partial, progress)
+            extract_zip(source, partial, progress)
         elif kind:
-            _extract_tar(source, partial, progress)
+            extract_tar(source, partial, progress)
         else:
             _copy_direct(source.parent, [_Entry(source.name, needed, source.stat().st_mtime_ns)], partial, progress)
         listing = _listing(partial)  # before the temp file below appears in it
-        with _replacing(partial / FILES, "w") as f:
-            json.dump(listing, f)
-        _write_json_atomic(
+        _files.write_json(partial / FILES, listing, indent=None)
+        _files.write_json(
             partial / STAMP,
             {
                 "schema": 2,
@@ -670,6 +409,7 @@ def stage(
                 "bytes": needed,
                 "staged": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
+            indent=None,
         )
         if target.exists():
             old = _sibling(target, _OLD)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.metadata
 import os
@@ -16,9 +15,9 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from . import gpu, runtime
+from . import _format, _gpu, _procs, _runtime, _torch
+from ._format import format_gib
 from ._version import __version__
-from .display import format_gib
 from .errors import ColabkitError
 
 __all__ = ["Check", "Doctor", "Info", "doctor", "info"]
@@ -43,7 +42,7 @@ _OOB_STORY = (
 
 
 def _sys_path(rel: str) -> Path:
-    return runtime.sysroot() / rel.lstrip("/")
+    return _runtime.sysroot() / rel.lstrip("/")
 
 
 def _local_disk() -> Path:
@@ -53,9 +52,9 @@ def _local_disk() -> Path:
 
 
 def _find_mount() -> Any:
-    from . import drive
+    from . import _drive
 
-    return drive.find_mount()
+    return _drive.find_mount()
 
 
 def _describe_mount(mount: Any) -> str:
@@ -77,7 +76,7 @@ class Info:
 
     runtime: str
     python: str
-    gpus: tuple[gpu.GpuInfo, ...] = ()
+    gpus: tuple[_gpu.GpuInfo, ...] = ()
     gpu_problem: str | None = None  # why there is no GPU list: no driver, NVML failed
     ram_total: int | None = None
     ram_available: int | None = None
@@ -100,7 +99,10 @@ class Info:
             rows.append(("gpu", f"none: {self.gpu_problem}" if self.gpu_problem else "none"))
         rows.append(("ram", f"{format_gib(self.ram_available)} available of {format_gib(self.ram_total)}"))
         rows.append(
-            ("disk", f"{format_gib(self.disk_free)} free of {format_gib(self.disk_total)} at {self.disk_path or 'n/a'}")
+            (
+                "disk",
+                f"{format_gib(self.disk_free)} free of {format_gib(self.disk_total)} at {self.disk_path or 'n/a'}",
+            )
         )
         rows.append(("drive", self.drive or "not mounted"))
         rows.append(("torch", self.torch or "not installed"))
@@ -112,12 +114,12 @@ class Info:
             rows.append(
                 (
                     "uptime",
-                    f"{runtime.format_duration(self.uptime_s)} of ~{runtime.format_duration(self.vm_limit_s)} "
-                    f"(about {runtime.format_duration(left)} left)",
+                    f"{_format.format_duration(self.uptime_s)} of ~{_format.format_duration(self.vm_limit_s)} "
+                    f"(about {_format.format_duration(left)} left)",
                 )
             )
         else:
-            rows.append(("uptime", runtime.format_duration(self.uptime_s)))
+            rows.append(("uptime", _format.format_duration(self.uptime_s)))
         rows += [("problem", p) for p in self.problems]
         return rows
 
@@ -163,22 +165,22 @@ def info() -> Info:
           uptime   41m02s of ~12h00m (about 11h18m left)
     """
     problems: list[str] = []
-    rt = _try(problems, "runtime", runtime.detect)
-    gpus: list[gpu.GpuInfo] = []
+    rt = _try(problems, "runtime", _runtime.detect_runtime)
+    gpus: list[_gpu.GpuInfo] = []
     gpu_problem = None
     try:
-        gpus = gpu.gpus()
+        gpus = _gpu.gpus()
         if not gpus:
-            gpu.require_gpu()
+            _gpu.require_gpu()
     except ColabkitError as exc:
         gpu_problem = exc.message
     except Exception as exc:
         gpu_problem = f"{type(exc).__name__}: {exc}"
-    ram = _try(problems, "ram", _virtual_memory)
+    ram = _try(problems, "ram", _procs.host_memory)
     disk_path = _local_disk()
     disk = _try(problems, "disk", lambda: shutil.disk_usage(disk_path))
     mount = _try(problems, "drive", _find_mount)
-    torch = _try(problems, "torch", lambda: gpu.torch_status(timeout=_TORCH_TIMEOUT_S))
+    torch = _try(problems, "torch", lambda: _torch.torch_status(timeout=_TORCH_TIMEOUT_S))
     return Info(
         # the uptime has its own row: not twice
         runtime=dataclasses.replace(rt, uptime_s=None).describe() if rt is not None else "n/a",
@@ -197,12 +199,6 @@ def info() -> Info:
         vm_limit_s=rt.vm_limit_s if rt is not None else None,
         problems=tuple(problems),
     )
-
-
-def _virtual_memory() -> Any:
-    import psutil
-
-    return psutil.virtual_memory()
 
 
 # --- doctor --------------------------------------------------------------------------------------
@@ -283,15 +279,15 @@ class _Context:
     """What several checks share, read once."""
 
     def __init__(self) -> None:
-        self.runtime = runtime.detect()
-        self.gpus: list[gpu.GpuInfo] = []
+        self.runtime = _runtime.detect_runtime()
+        self.gpus: list[_gpu.GpuInfo] = []
         self.gpu_error: ColabkitError | None = None
 
 
 def _check_gpu(ctx: _Context) -> Check:
     try:
-        ctx.gpus = gpu.gpus()
-        chosen = gpu.require_gpu()
+        ctx.gpus = _gpu.gpus()
+        chosen = _gpu.require_gpu()
     except ColabkitError as exc:
         ctx.gpu_error = exc
         return Check("gpu", "fail", exc.message, exc.hint)
@@ -301,14 +297,14 @@ def _check_gpu(ctx: _Context) -> Check:
 
 def _check_torch(ctx: _Context) -> Check:
     if not ctx.gpus:
-        status = gpu.torch_status(timeout=_TORCH_TIMEOUT_S)
+        status = _torch.torch_status(timeout=_TORCH_TIMEOUT_S)
         if status is None:
             return Check("torch", "ok", "not installed (nothing to check)")
         return Check(
             "torch", "warn", f"{status.describe()}; there is no GPU for it", "fix the gpu check first"
         )
     try:
-        status = gpu.verify_torch(ctx.gpus[0], timeout=_TORCH_TIMEOUT_S)
+        status = _gpu.verify_torch(ctx.gpus[0], timeout=_TORCH_TIMEOUT_S)
     except ColabkitError as exc:
         return Check("torch", "fail", exc.message, exc.hint)
     if status is None:
@@ -390,7 +386,7 @@ def _check_disk(ctx: _Context) -> Check:
 def _check_gpu_processes(ctx: _Context) -> Check:
     if not ctx.gpus:
         return Check("gpu processes", "ok", "no GPU (nothing to check)")
-    procs = gpu.gpu_processes()
+    procs = _gpu.gpu_processes()
     if not procs:
         return Check("gpu processes", "ok", "no process holds GPU memory")
     me = os.getpid()
@@ -425,7 +421,7 @@ def _ocamlfuse_leftovers() -> list[str]:
         try:
             if "alessandro-strada" in path.read_text(errors="replace"):
                 found.append(
-                    f"apt source for ppa:alessandro-strada in /{path.relative_to(runtime.sysroot())}"
+                    f"apt source for ppa:alessandro-strada in /{path.relative_to(_runtime.sysroot())}"
                 )
         except OSError:
             continue
@@ -484,11 +480,11 @@ def _check_vm_time(ctx: _Context) -> Check:
         return Check(
             "vm time",
             "ok",
-            f"up {runtime.format_duration(rt.uptime_s)}" if rt.uptime_s is not None else "uptime n/a",
+            f"up {_format.format_duration(rt.uptime_s)}" if rt.uptime_s is not None else "uptime n/a",
         )
     detail = (
-        f"up {runtime.format_duration(rt.uptime_s or 0)} of ~{runtime.format_duration(rt.vm_limit_s or 0)}, "
-        f"about {runtime.format_duration(left)} left"
+        f"up {_format.format_duration(rt.uptime_s or 0)} of ~{_format.format_duration(rt.vm_limit_s or 0)}, "
+        f"about {_format.format_duration(left)} left"
     )
     if left < _VM_WARN_LEFT_S:
         return Check(
@@ -531,7 +527,7 @@ def doctor() -> Doctor:
         ctx = _Context()
     except Exception:  # runtime detection itself failed: checks that need it will say so
         ctx = _Context.__new__(_Context)
-        ctx.runtime, ctx.gpus, ctx.gpu_error = runtime.Runtime(kind="terminal"), [], None
+        ctx.runtime, ctx.gpus, ctx.gpu_error = _runtime.Runtime(kind="terminal"), [], None
     checks = []
     for name, check in _CHECKS:
         try:
@@ -546,25 +542,3 @@ def doctor() -> Doctor:
                 )
             )
     return Doctor(tuple(checks))
-
-
-# --- command line --------------------------------------------------------------------------------
-
-
-def _cli_configure_info(parser: argparse.ArgumentParser) -> None:
-    """``colabkit info`` takes no options."""
-
-
-def _cli_info(args: argparse.Namespace) -> int:
-    print(info())
-    return 0
-
-
-def _cli_configure_doctor(parser: argparse.ArgumentParser) -> None:
-    """``colabkit doctor`` takes no options."""
-
-
-def _cli_doctor(args: argparse.Namespace) -> int:
-    result = doctor()
-    print(result)
-    return 0 if result.ok else 1

@@ -1,26 +1,25 @@
-"""``setup()``: runtime → GPU check → mount → project in one call, and ``release()`` to give the VM back."""
+"""``setup()``: runtime → GPU check → mount → project in one call, and the ``Session`` it returns."""
 
 from __future__ import annotations
 
 import html
 import os
-import sys
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import display, runtime
+from . import _display, _runtime
+from ._format import format_gib
 from ._version import __version__
-from .display import format_gib
-from .errors import ColabkitWarning, GpuError, MountError, ReleaseError
+from .errors import ColabkitWarning, GpuError, no_gpu_fix
 
 if TYPE_CHECKING:
-    from .drive import Mount
-    from .gpu import GpuInfo
-    from .projects import Project
-    from .runtime import Runtime
+    from ._drive import Mount
+    from ._gpu import GpuInfo
+    from ._project import Project
+    from ._runtime import Runtime
 
-__all__ = ["Session", "release", "setup"]
+__all__ = ["Session", "setup"]
 
 GPU_MODES = ("require", "prefer", False)
 MOUNT_MODES = ("auto", "drive", "ocamlfuse", "local", False)
@@ -87,18 +86,18 @@ class Session:
 
 def _show(obj: Any) -> None:
     """Show a summary: rich HTML in a notebook, text elsewhere."""
-    display.show(obj)
+    _display.show(obj)
 
 
 def _check_gpu(mode: str | bool) -> GpuInfo | None:
     if mode is False:
         return None
-    from . import gpu
+    from . import _gpu
 
     if mode == "require":
-        return gpu.require_gpu(check_torch=True)  # torch checked in a child: no CUDA context here
+        return _gpu.require_gpu(check_torch=True)  # torch checked in a child: no CUDA context here
     try:
-        found = gpu.gpus()
+        found = _gpu.gpus()
     except (
         GpuError
     ) as exc:  # NVML is there but broken: an old pynvml shadowing nvidia-ml-py, a driver upgrade
@@ -110,9 +109,9 @@ def _check_gpu(mode: str | bool) -> GpuInfo | None:
         )
         return None
     if not found:
+        rt = _runtime.detect_runtime()
         warnings.warn(
-            "no NVIDIA GPU found: going on on the CPU (gpu='prefer'). On Colab pick Runtime → Change runtime "
-            "type → T4 GPU → Save, then run again.",
+            f"no NVIDIA GPU found: going on on the CPU (gpu='prefer'). {no_gpu_fix(rt.kind, tpu=rt.tpu)}",
             ColabkitWarning,
             stacklevel=3,
         )
@@ -165,47 +164,18 @@ def setup(
         raise ValueError(
             f"project={os.fspath(project)!r} is relative to Drive, but mount=False: pass an absolute path"
         )
-    rt = runtime.detect()
+    rt = _runtime.detect_runtime()
     info = _check_gpu(gpu)
     m = None
     if mount is not False:
-        from . import drive
+        from . import _drive
 
-        m = drive.mount(mount)
+        m = _drive.mount(mount)
     proj = None
     if project is not None:
-        from . import projects
+        from . import _project
 
-        proj = projects.project(project, install=install)
+        proj = _project.project(project, install=install)
     session = Session(runtime=rt, gpu=info, mount=m, project=proj, gpu_mode=gpu)
     _show(session)
     return session
-
-
-def release() -> None:
-    """Flush Drive, then give the Colab runtime back (``google.colab.runtime.unassign``).
-
-    The VM is released only after the flush succeeded; if it fails the VM is kept so nothing is lost.
-    Code after this call may not run: the VM is gone.
-
-    Raises:
-        ReleaseError: The flush failed (the VM is kept), or Colab could not unassign the runtime.
-
-    Examples:
-        >>> colabkit.release()      # last line of the notebook
-    """
-    rt = runtime.detect()
-    if not rt.is_colab:
-        _show(f"colabkit: this is {rt.describe()}, not Colab: there is no runtime to release.")
-        return
-    from . import colab, drive
-
-    try:
-        drive.flush()
-    except MountError as exc:
-        raise ReleaseError(
-            f"Drive could not be flushed, so the runtime was kept: {exc.message}",
-            f"{exc.hint or 'Call colabkit.flush() again.'} Then call colabkit.release() again.",
-        ) from exc
-    sys.stdout.flush()
-    colab.runtime_unassign()

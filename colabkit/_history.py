@@ -5,28 +5,21 @@ from __future__ import annotations
 import dataclasses
 import errno
 import html
-import json
 import os
-import re
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
-from . import _procs, drive, projects, runtime
-from .display import format_gib
+from . import _drive, _mounts, _project, _runtime
+from ._format import format_duration, format_gib
+from ._mounts import DEAD_ERRNOS
+from ._summary import RunSummary
 from .errors import MountError, ProjectNotFound
-from .runtime import format_duration
-
-if TYPE_CHECKING:
-    import argparse
 
 __all__ = ["RunInfo", "RunList", "runs"]
-
-_STATUSES = ("running", "finished", "failed", "interrupted", "stopped")
-_DEAD = (errno.ENOTCONN, errno.ECONNABORTED)  # a FUSE mount whose daemon died
 
 
 @dataclass(frozen=True)
@@ -135,24 +128,6 @@ class RunList(Sequence[RunInfo]):
         return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _float_or_none(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def _name_time(name: str) -> float | None:
     """The start encoded in a run folder's name (``YYYYmmdd-HHMMSS-<script>``, local time), as a timestamp."""
     try:
@@ -166,39 +141,31 @@ def _read(folder: Path, boot_id: str, now: datetime) -> tuple[tuple[float, float
     fallback = _name_time(folder.name)
     key_unknown = (fallback if fallback is not None else float("inf"), 0.0, folder.name)
     try:
-        data = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
+        summary = RunSummary.read(folder)
     except (OSError, ValueError) as exc:
-        if isinstance(exc, OSError) and exc.errno in _DEAD:
+        if isinstance(exc, OSError) and exc.errno in DEAD_ERRNOS:
             raise _unusable(folder, exc) from exc
         problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return key_unknown, RunInfo(name=folder.name, path=folder, status="unknown", problem=f"summary.json: {problem}")
-    status = data.get("status")
-    if status not in _STATUSES:
-        status = "unknown"
-    started = _parse_time(data.get("started"))
-    ended = _parse_time(data.get("ended"))
-    duration = _float_or_none(data.get("duration_s"))
-    if status == "running":
-        theirs = data.get("boot_id")
-        rebooted = bool(theirs and boot_id and theirs != boot_id)
-        if rebooted or not _procs.alive(data.get("pid"), data.get("pid_create_time")):
-            status = "lost"
-        elif started is not None:
-            duration = max(0.0, (now - started).total_seconds())
+    status = summary.status
+    started = summary.started_at
+    duration = summary.duration_s
+    if summary.lost(boot_id):
+        status = "lost"
+    elif status == "running" and started is not None:
+        duration = max(0.0, (now - started).total_seconds())
     info = RunInfo(
         name=folder.name,
         path=folder,
         status=status,
-        script=data.get("script") if isinstance(data.get("script"), str) else None,
+        script=summary.script,
         started=started,
-        ended=ended,
+        ended=summary.ended_at,
         duration_s=duration,
-        returncode=_int_or_none(data.get("returncode")),
-        peak_gpu_bytes=_int_or_none(data.get("peak_gpu_bytes")),
-        gpu_total_bytes=_int_or_none(data.get("gpu_total_bytes")),
-        reason=data.get("reason") if isinstance(data.get("reason"), str) else None,
+        returncode=summary.returncode,
+        peak_gpu_bytes=summary.peak_gpu_bytes,
+        gpu_total_bytes=summary.gpu_total_bytes,
+        reason=summary.reason,
     )
     # folder names (and "started") have one-second resolution: the child's create time orders runs started
     # within the same second, whatever their scripts are called
@@ -206,28 +173,13 @@ def _read(folder: Path, boot_id: str, now: datetime) -> tuple[tuple[float, float
         first = fallback
     else:
         first = started.timestamp() if started is not None else float("inf")
-    return (first, _float_or_none(data.get("pid_create_time")) or 0.0, folder.name), info
-
-
-def _mountpoint_of(path: Path) -> Path | None:
-    """The mount that holds ``path``, from ``/proc/mounts`` (a dead mount cannot be asked)."""
-    try:
-        with open("/proc/mounts", encoding="utf-8", errors="replace") as f:
-            points = [line.split()[1] for line in f if len(line.split()) > 2]
-    except OSError:
-        return None
-    best = None
-    for raw in points:
-        point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), raw))
-        if (point == path or point in path.parents) and (best is None or len(point.parts) > len(best.parts)):
-            best = point
-    return best
+    return (first, summary.pid_create_time or 0.0, folder.name), info
 
 
 def _unusable(path: Path, exc: OSError) -> MountError:
     """The error for a runs folder that cannot be read: most often Drive's FUSE process died."""
-    point = _mountpoint_of(path)
-    if exc.errno in _DEAD:
+    point = _mounts.mountpoint_of(path)
+    if exc.errno in DEAD_ERRNOS:
         where = f"Drive at {point}" if point is not None and point != Path("/") else "Drive"
         return MountError(
             f"{where} is dead ([Errno {exc.errno}] {exc.strerror}): cannot read {path}",
@@ -271,7 +223,7 @@ def _project_path(project: Any) -> Path:
     local stand-in is there, else relative to the current directory.
     """
     if project is None:
-        current = projects.current()
+        current = _project.current_project()
         if current is not None:
             return Path(current.path)
         try:
@@ -281,13 +233,8 @@ def _project_path(project: Any) -> Path:
     path = Path(os.fspath(getattr(project, "path", project))).expanduser()
     if path.is_absolute():
         return path
-    found = drive.find_mount()
-    if found is None:
-        return path.absolute()
-    parts = path.parts
-    if parts and parts[0] in ("MyDrive", "My Drive"):
-        path = Path(*parts[1:])
-    return found.root / path
+    found = _drive.find_mount()
+    return _project.locate(path, found) if found is not None else path.absolute()
 
 
 def runs(project: Any = None, *, log_dir: str = "runs") -> RunList:
@@ -334,7 +281,7 @@ def runs(project: Any = None, *, log_dir: str = "runs") -> RunList:
         folder = base  # given the runs folder itself
     keyed: list[tuple[tuple[float, float, str], RunInfo]] = []
     if _is_dir(folder):
-        boot_id = runtime.boot_id()
+        boot_id = _runtime.boot_id()
         now = datetime.now(timezone.utc)
         for child in _children(folder):
             if child.name.startswith(".") or not _is_dir(child):
@@ -342,14 +289,3 @@ def runs(project: Any = None, *, log_dir: str = "runs") -> RunList:
             keyed.append(_read(child, boot_id, now))
     keyed.sort(key=lambda pair: pair[0])
     return RunList(folder, [info for _, info in keyed])
-
-
-def _cli_configure_runs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("project", nargs="?", default=None, metavar="PROJECT",
-                        help="project folder or name on Drive (default: the current directory)")
-    parser.add_argument("--log-dir", default="runs", help="runs folder inside the project (default: runs)")
-
-
-def _cli_runs(args: argparse.Namespace) -> int:
-    print(runs(args.project, log_dir=args.log_dir).table())
-    return 0

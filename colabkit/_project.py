@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from . import display, runtime
+from . import _display, _files, _format, _runtime
+from ._mounts import Mount
 from .errors import InstallError, ProjectNotFound
 
-__all__ = ["PREINSTALLED", "Project", "current", "project"]
+__all__ = ["PREINSTALLED", "Project", "current_project", "locate", "project"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class Project:
         return f"{self.name} at {self.path} (cwd), requirements {self.requirements}"
 
 
-def current() -> Project | None:
+def current_project() -> Project | None:
     """The project opened by the last ``project()`` or ``setup()`` of this process, else None."""
     return _current
 
@@ -96,22 +97,36 @@ def _not_found(path: Path, shown: str) -> ProjectNotFound:
     )
 
 
+def locate(name_or_path: str | os.PathLike[str], mount: Mount) -> Path:
+    """Where a project name points on ``mount``; an absolute path is taken as it is.
+
+    ``"test"`` and ``"MyDrive/test"`` (or ``"My Drive/test"``) are ``<root>/test``; ``"Shareddrives/<drive>/test"``
+    and ``".shortcut-targets-by-id/<id>/test"`` sit beside My Drive, in ``<mountpoint>``.
+
+    Examples:
+        >>> locate("Shareddrives/lab/test", colabkit.find_mount())
+        PosixPath('/content/drive/Shareddrives/lab/test')
+    """
+    path = Path(os.fspath(name_or_path)).expanduser()
+    if path.is_absolute():
+        return path
+    parts = path.parts
+    if parts and parts[0] in ("MyDrive", "My Drive"):
+        return mount.root.joinpath(*parts[1:])
+    if parts and parts[0] in _BESIDE_MYDRIVE:
+        return mount.mountpoint / path  # Shared drives and shortcuts sit next to MyDrive, not in it
+    return mount.root / path
+
+
 def _resolve(name_or_path: str | os.PathLike[str]) -> Path:
     raw = os.fspath(name_or_path)
     path = Path(raw).expanduser()
     if path.is_absolute():
         resolved = path
     else:
-        from . import drive
+        from . import _drive
 
-        m = drive.find_mount() or drive.mount()
-        parts = path.parts
-        if parts and parts[0] in ("MyDrive", "My Drive"):
-            resolved = m.root.joinpath(*parts[1:])
-        elif parts and parts[0] in _BESIDE_MYDRIVE:
-            resolved = m.mountpoint / path  # Shared drives and shortcuts sit next to MyDrive, not in it
-        else:
-            resolved = m.root / path
+        resolved = locate(path, _drive.find_mount() or _drive.mount())
     if not resolved.exists():
         raise _not_found(resolved, raw)
     if not resolved.is_dir():
@@ -140,7 +155,7 @@ def project(
             jax, jaxlib and numpy (pip gets a constraints file pinning the installed versions).
 
     Returns:
-        The Project; ``colabkit.projects.current()`` returns it from now on.
+        The Project; ``colabkit.current_project()`` returns it from now on.
 
     Raises:
         ProjectNotFound: The folder does not exist (``candidates`` holds the closest names) or is a file.
@@ -217,7 +232,7 @@ class _StampFolder:
             if self.moved or exc.errno not in _NOT_WRITABLE:
                 raise
             self.folder, self.moved = _cache_stamp_dir(self.project), True
-            display.note(
+            _display.note(
                 f"colabkit: cannot write {self.project / _STAMP_DIR} ({exc.strerror or exc}); keeping the "
                 f"requirements stamp in {self.folder} instead"
             )
@@ -226,9 +241,7 @@ class _StampFolder:
     def _write(self, name: str, text: str) -> Path:
         self.folder.mkdir(parents=self.moved, exist_ok=True)
         target = self.folder / name
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, target)
+        _files.write_text(target, text)
         return target
 
 
@@ -245,16 +258,13 @@ def _install(path: Path, keep_preinstalled: bool) -> tuple[str, tuple[str, ...]]
     key = {
         "sha256": hashlib.sha256(req.read_bytes()).hexdigest(),
         "python": sys.executable,
-        "boot_id": runtime.boot_id(),
+        "boot_id": _runtime.boot_id(),
         "pinned": pinned,
     }
     stamps = _StampFolder(path)
     for folder in stamps.candidates():
-        try:
-            if json.loads((folder / _STAMP).read_text()) == key:
-                return "up to date", ()
-        except (OSError, ValueError):
-            continue
+        if _files.read_json(folder / _STAMP) == key:
+            return "up to date", ()
     cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-r", str(req)]
     kept = tuple(f"{n} {pinned[n]}" for n in _mentioned(text, pinned))
     if pinned:
@@ -266,10 +276,10 @@ def _install(path: Path, keep_preinstalled: bool) -> tuple[str, tuple[str, ...]]
             ", ".join(kept),
         )
     # pip's output is captured (its tail goes into the error): say what is happening, or the cell looks hung
-    display.note("colabkit: installing requirements.txt into this runtime (first time, or it changed)…")
+    _display.note("colabkit: installing requirements.txt into this runtime (first time, or it changed)…")
     started = time.monotonic()
     proc = subprocess.run(cmd, cwd=path, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    took = runtime.format_duration(time.monotonic() - started)
+    took = _format.format_duration(time.monotonic() - started)
     if proc.returncode != 0:
         lines = (proc.stdout + proc.stderr).strip().splitlines()
         tail = "\n".join(lines[-12:])
@@ -289,6 +299,6 @@ def _install(path: Path, keep_preinstalled: bool) -> tuple[str, tuple[str, ...]]
             returncode=proc.returncode,
             output_tail=tail,
         )
-    display.note(f"colabkit: requirements.txt installed in {took}")
+    _display.note(f"colabkit: requirements.txt installed in {took}")
     stamps.write(_STAMP, json.dumps(key, indent=1, sort_keys=True))
     return "installed", kept

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import runtime
+from . import _mounts, _runtime
 from .errors import ColabkitError, MountError, ReleaseError
 
 __all__ = ["drive_flush_and_unmount", "drive_mount", "runtime_unassign"]
@@ -27,7 +27,7 @@ def _import(name: str):  # type: ignore[no-untyped-def]
     try:
         module = __import__(f"google.colab.{name}", fromlist=[name])
     except ImportError:
-        rt = runtime.detect()
+        rt = _runtime.detect_runtime()
         raise MountError(
             f"google.colab is not importable here ({rt.describe()}), so method='drive' cannot work",
             _METHODS_OFF_COLAB,
@@ -35,15 +35,6 @@ def _import(name: str):  # type: ignore[no-untyped-def]
             reason="not_colab",
         ) from None
     return module
-
-
-def _entries(mountpoint: str | None, limit: int = 5) -> str:
-    try:
-        names = sorted(os.listdir(mountpoint)) if mountpoint else []
-    except OSError:
-        return "(unreadable)"
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _translate(exc: BaseException, op: str, mountpoint: str | None) -> ColabkitError | None:
@@ -64,7 +55,7 @@ def _translate(exc: BaseException, op: str, mountpoint: str | None) -> ColabkitE
         )
     if isinstance(exc, NotImplementedError) and "unsupported in this environment" in text:
         return mount_error(
-            f"google.colab.drive.mount works only on a Colab VM, and this is {runtime.detect().describe()}",
+            f"google.colab.drive.mount works only on a Colab VM, and this is {_runtime.detect_runtime().describe()}",
             _METHODS_OFF_COLAB,
             "not_colab",
         )
@@ -90,7 +81,7 @@ def _translate(exc: BaseException, op: str, mountpoint: str | None) -> ColabkitE
             )
         if text == "Mountpoint must not already contain files":
             return mount_error(
-                f"the mountpoint {mp} is not empty: it holds {_entries(mountpoint)}",
+                f"the mountpoint {mp} is not empty: it holds {_mounts.entries_text(mountpoint)}",
                 f"Move those files out of {mp} yourself (colabkit never deletes or moves them), or mount elsewhere: "
                 "colabkit.mount(mountpoint='/content/drive2').",
                 "not_empty",

@@ -1,150 +1,25 @@
-"""Google Drive as a folder: the ``drive`` (google.colab) and ``local`` backends and the ``ocamlfuse`` one
-(in ``colabkit.ocamlfuse``), checked against the mount table, and ``flush()`` to make writes durable."""
+"""``mount()``, ``find_mount()`` and ``flush()``: Google Drive as a folder, through the ``drive`` (google.colab)
+or ``local`` backend here or the ``ocamlfuse`` one (``_ocamlfuse``), checked against the mount table."""
 
 from __future__ import annotations
 
-import errno
 import functools
-import html
 import logging
 import os
-import re
-import shutil
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from . import display, runtime
+from . import _mounts, _runtime
+from ._mounts import DRIVE_FSTYPE, OCAMLFUSE_FSTYPE, Mount
 from .errors import MountError
 
-if TYPE_CHECKING:
-    import argparse
-
-__all__ = ["Mount", "find_mount", "flush", "mount"]
+__all__ = ["METHODS", "Mount", "find_mount", "flush", "mount"]
 
 log = logging.getLogger(__name__)
 
 METHODS = ("auto", "drive", "ocamlfuse", "local")
 RETRY_TIMEOUT_S = 600.0  # drive.mount's second try: a big My Drive root needs minutes to list
-_DRIVE_FSTYPE = "fuse.drive"
-_OCAMLFUSE_FSTYPE = "fuse.google-drive-ocamlfuse"
 
 _active: Mount | None = None  # the mount made by the last mount() of this process
-
-
-@dataclass(frozen=True)
-class Mount:
-    """Where Drive is: ``root`` is the folder that holds your My Drive files.
-
-    ``method`` is ``"drive"`` (google.colab, ``root`` = ``<mountpoint>/MyDrive``), ``"ocamlfuse"``
-    (``root`` = ``mountpoint``) or ``"local"`` (a local folder standing in, ``root`` = ``<folder>/MyDrive``).
-    """
-
-    method: str
-    mountpoint: Path
-    root: Path
-    readonly: bool = False
-
-    def __repr__(self) -> str:
-        ro = ", readonly=True" if self.readonly else ""
-        return f"Mount(method={self.method!r}, mountpoint='{self.mountpoint}', root='{self.root}'{ro})"
-
-    def _repr_html_(self) -> str:
-        ro = " (read-only)" if self.readonly else ""
-        return (
-            f"<b>Drive</b> {html.escape(self.method)} at <code>{html.escape(str(self.mountpoint))}</code>{ro}, "
-            f"files in <code>{html.escape(str(self.root))}</code>"
-        )
-
-    def describe(self) -> str:
-        """One line, e.g. ``drive at /content/drive, files in /content/drive/MyDrive``."""
-        ro = " (read-only)" if self.readonly else ""
-        return f"{self.method} at {self.mountpoint}{ro}, files in {self.root}"
-
-
-# -- the mount table -------------------------------------------------------------------------------
-
-
-def _unescape(field: str) -> str:
-    """/proc/mounts writes space, tab, newline and backslash as ``\\040``-style octal escapes."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def _table_entry(point: Path) -> tuple[str, set[str]] | None:
-    """``(fstype, options)`` of the topmost mount at ``point``, or None."""
-    found = None
-    try:
-        with open("/proc/mounts") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 3 and _unescape(fields[1]) == str(point):
-                    found = (fields[2], set(fields[3].split(",")))
-    except OSError:
-        return None
-    return found
-
-
-def _is_dead(point: Path) -> bool:
-    """A FUSE mount whose process died answers ``[Errno 107] Transport endpoint is not connected``."""
-    try:
-        # statfs always asks the FUSE process; stat may be answered from the kernel's attribute cache
-        os.statvfs(point)
-    except OSError as exc:
-        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
-    return False
-
-
-def _unmount(point: Path) -> None:
-    errors = []
-    for cmd in (
-        ["fusermount3", "-u", str(point)],
-        ["fusermount", "-u", str(point)],
-        ["umount", "-l", str(point)],
-    ):
-        if shutil.which(cmd[0]) is None:
-            continue
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        if proc.returncode == 0:
-            return
-        errors.append(proc.stderr.strip())
-    raise MountError(
-        f"could not unmount {point}: {'; '.join(e for e in errors if e) or 'no fusermount3/umount found'}",
-        f"Close files and terminals using {point} (cd out of it), then call colabkit.flush() again.",
-        mountpoint=point,
-        reason="unmount",
-    )
-
-
-def _check_readonly(point: Path, method: str, mounted_ro: bool, want_ro: bool) -> None:
-    """A live mount is returned as it is only if it is read-only exactly when asked."""
-    if mounted_ro == want_ro:
-        return
-    have, want = ("read-only", "read-write") if mounted_ro else ("read-write", "read-only")
-    raise MountError(
-        f"Drive is already mounted {have} at {point}, and readonly={want_ro} asks for {want}",
-        f"Pass force=True to remount it {want}: colabkit.mount({method!r}, readonly={want_ro}, force=True).",
-        mountpoint=point,
-        method=method,
-        reason="readonly",
-    )
-
-
-def _entries(folder: Path, limit: int = 5) -> str:
-    names = sorted(os.listdir(folder))
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def _not_empty(point: Path, method: str, why: str = "") -> MountError:
-    return MountError(
-        f"the mountpoint {point} is not empty: it holds {_entries(point)}{why}",
-        f"Move those files out of {point} yourself (colabkit never deletes or moves them), or pass another "
-        "folder: colabkit.mount(mountpoint=...).",
-        mountpoint=point,
-        method=method,
-        reason="not_empty",
-    )
 
 
 # -- defaults --------------------------------------------------------------------------------------
@@ -152,10 +27,10 @@ def _not_empty(point: Path, method: str, why: str = "") -> MountError:
 
 def _default_mountpoint(method: str) -> Path:
     if method == "drive":
-        return runtime.sysroot() / "content/drive"
+        return _runtime.sysroot() / "content/drive"
     if method == "ocamlfuse":
-        if runtime.detect().is_colab:
-            return runtime.sysroot() / "content/gdrive"
+        if _runtime.detect_runtime().is_colab:
+            return _runtime.sysroot() / "content/gdrive"
         return Path.home() / "gdrive"
     # absolute now: project() changes the working directory, and a relative folder would move with it
     return Path(os.environ.get("COLABKIT_DRIVE") or "~/colabkit-drive").expanduser().absolute()
@@ -170,7 +45,7 @@ def _resolve_method(method: str) -> str:
             reason="method",
         )
     if method == "auto":
-        return "drive" if runtime.detect().is_colab else "local"
+        return "drive" if _runtime.detect_runtime().is_colab else "local"
     return method
 
 
@@ -232,9 +107,9 @@ def mount(
     if method == "drive":
         result = _mount_drive(point, readonly=readonly, force=force, timeout=timeout)
     elif method == "ocamlfuse":
-        from . import ocamlfuse  # imports this module at its top
+        from . import _ocamlfuse
 
-        result = ocamlfuse.mount(
+        result = _ocamlfuse.mount(
             point,
             readonly=readonly,
             force=force,
@@ -258,7 +133,7 @@ def find_mount() -> Mount | None:
     on. A dead mount (``Transport endpoint is not connected``) is not live: None.
 
     Examples:
-        >>> colabkit.drive.find_mount()
+        >>> colabkit.find_mount()
         Mount(method='drive', mountpoint='/content/drive', root='/content/drive/MyDrive')
     """
     global _active
@@ -266,11 +141,11 @@ def find_mount() -> Mount | None:
         if _active is not None and _is_live(_active):
             return _active
         point = _default_mountpoint("drive")
-        entry = _table_entry(point)
-        if entry and entry[0] == _DRIVE_FSTYPE and not _is_dead(point):
-            _active = Mount("drive", point, point / "MyDrive", "ro" in entry[1])
+        entry = _mounts.entry(point)
+        if entry and entry.fstype == DRIVE_FSTYPE and not _mounts.is_dead(point):
+            _active = Mount("drive", point, point / "MyDrive", entry.readonly)
             return _active
-        if runtime.detect().is_colab:
+        if _runtime.detect_runtime().is_colab:
             # after flush() unmounted Drive, a stand-in folder would send project() to the wrong place
             return None
         folder = _default_mountpoint("local")
@@ -308,12 +183,12 @@ def flush() -> None:
     if current.method != "local":
         _leave(current.mountpoint)
     if current.method == "drive":
-        from . import colab
+        from . import _colab
 
-        colab.drive_flush_and_unmount()
+        _colab.drive_flush_and_unmount()
     elif current.method == "ocamlfuse":
         os.sync()
-        _unmount(current.mountpoint)
+        _mounts.unmount(current.mountpoint)
     else:
         os.sync()
         return
@@ -329,9 +204,9 @@ def _dead_mount() -> Mount | None:
     point = _default_mountpoint("drive")
     candidates.append(Mount("drive", point, point / "MyDrive"))
     for m in candidates:
-        entry = _table_entry(m.mountpoint)
-        want = _DRIVE_FSTYPE if m.method == "drive" else _OCAMLFUSE_FSTYPE
-        if entry is not None and entry[0] == want and _is_dead(m.mountpoint):
+        entry = _mounts.entry(m.mountpoint)
+        want = DRIVE_FSTYPE if m.method == "drive" else OCAMLFUSE_FSTYPE
+        if entry is not None and entry.fstype == want and _mounts.is_dead(m.mountpoint):
             return m
     return None
 
@@ -364,9 +239,9 @@ def _leave(point: Path) -> None:
 def _is_live(m: Mount) -> bool:
     if m.method == "local":
         return m.root.is_dir()
-    entry = _table_entry(m.mountpoint)
-    want = _DRIVE_FSTYPE if m.method == "drive" else _OCAMLFUSE_FSTYPE
-    return entry is not None and entry[0] == want and not _is_dead(m.mountpoint)
+    entry = _mounts.entry(m.mountpoint)
+    want = DRIVE_FSTYPE if m.method == "drive" else OCAMLFUSE_FSTYPE
+    return entry is not None and entry.fstype == want and not _mounts.is_dead(m.mountpoint)
 
 
 # -- backends --------------------------------------------------------------------------------------
@@ -388,25 +263,25 @@ def _mount_local(folder: Path, *, readonly: bool) -> Mount:
 
 
 def _mount_drive(point: Path, *, readonly: bool, force: bool, timeout: float) -> Mount:
-    from . import colab
+    from . import _colab
 
-    entry = _table_entry(point)
+    entry = _mounts.entry(point)
     force_remount = force
-    if entry is not None and entry[0] == _DRIVE_FSTYPE:
-        if _is_dead(point):
+    if entry is not None and entry.fstype == DRIVE_FSTYPE:
+        if _mounts.is_dead(point):
             # DriveFS died under a live kernel (hours into a run): the mountpoint answers ENOTCONN
             log.warning("Drive at %s is dead (Transport endpoint is not connected): remounting", point)
             force_remount = True
         elif not force:
-            _check_readonly(point, "drive", "ro" in entry[1], readonly)
-            return Mount("drive", point, point / "MyDrive", "ro" in entry[1])
+            _mounts.check_readonly(point, "drive", entry.readonly, readonly)
+            return Mount("drive", point, point / "MyDrive", entry.readonly)
     elif not point.is_symlink() and point.is_dir() and any(point.iterdir()):
         # drive.mount takes a leftover 'My Drive' folder for a live mount, prints "already mounted" and
         # returns; files there would make force_remount fail with "must not already contain files"
         leftover = (point / "My Drive").exists()
         why = " ('My Drive' there is a plain folder, not Drive: nothing is mounted)" if leftover else ""
-        raise _not_empty(point, "drive", why)
-    attempt = functools.partial(colab.drive_mount, point, force_remount=force_remount, readonly=readonly)
+        raise _mounts.not_empty(point, "drive", why)
+    attempt = functools.partial(_colab.drive_mount, point, force_remount=force_remount, readonly=readonly)
     try:
         attempt(timeout_ms=int(timeout * 1000))
     except MountError as exc:
@@ -426,47 +301,14 @@ def _mount_drive(point: Path, *, readonly: bool, force: bool, timeout: float) ->
                 method="drive",
                 reason="timeout",
             ) from again
-    entry = _table_entry(point)
-    if entry is None or entry[0] != _DRIVE_FSTYPE:
+    entry = _mounts.entry(point)
+    if entry is None or entry.fstype != DRIVE_FSTYPE:
         raise MountError(
-            f"drive.mount returned, but nothing is mounted at {point} (the mount table has no {_DRIVE_FSTYPE} there)",
+            f"drive.mount returned, but nothing is mounted at {point} (the mount table has no {DRIVE_FSTYPE} there)",
             f"Look for files that appeared in {point} and move them out, then run the cell again; if it keeps "
             "failing use Runtime → Restart session.",
             mountpoint=point,
             method="drive",
             reason="failed",
         )
-    return Mount("drive", point, point / "MyDrive", "ro" in entry[1])
-
-
-# -- command line ----------------------------------------------------------------------------------
-
-
-def _cli_configure_mount(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--method", choices=METHODS, default="auto", help="default: drive on Colab, else local"
-    )
-    parser.add_argument("--mountpoint", help="where to mount (default depends on the method)")
-    parser.add_argument("--readonly", action="store_true", help="mount read-only")
-    parser.add_argument("--force", action="store_true", help="remount even if already mounted")
-    parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for Drive (default 120)")
-    parser.add_argument("--service-account", help="ocamlfuse: service account key file")
-    parser.add_argument("--state-dir", help="ocamlfuse: pre-authorized ~/.gdfuse/<label>/ folder to copy")
-    parser.add_argument("--client-id", help="ocamlfuse: your own OAuth client id (-headless sign-in)")
-    parser.add_argument("--label", help="ocamlfuse: account label (default 'default')")
-
-
-def _cli_mount(args: argparse.Namespace) -> int:
-    m = mount(
-        args.method,
-        args.mountpoint,
-        readonly=args.readonly,
-        force=args.force,
-        timeout=args.timeout,
-        service_account=args.service_account,
-        state_dir=args.state_dir,
-        client_id=args.client_id,
-        label=args.label,
-    )
-    display.note(f"mounted: {m.describe()}")
-    return 0
+    return Mount("drive", point, point / "MyDrive", entry.readonly)

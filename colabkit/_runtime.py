@@ -6,11 +6,12 @@ import builtins
 import html
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Runtime", "boot_id", "detect", "display_mode", "format_duration", "sysroot"]
+from ._format import format_duration
+
+__all__ = ["COLAB_VM_LIMIT_S", "Runtime", "boot_id", "detect_runtime", "display_mode", "sysroot"]
 
 COLAB_VM_LIMIT_S = 12 * 3600.0  # the free tier's documented "at most 12 hours"
 
@@ -90,16 +91,6 @@ class Runtime:
         return ", ".join(parts)
 
 
-def format_duration(seconds: float) -> str:
-    """``75`` → ``1m15s``, ``3725`` → ``1h02m``, ``4.2`` → ``4.2s``."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
 
 def _shell_name() -> str | None:
     get_ipython = getattr(builtins, "get_ipython", None)
@@ -151,14 +142,14 @@ def _tpu_present() -> bool:
         return False
 
 
-def detect() -> Runtime:
+def detect_runtime() -> Runtime:
     """Read the runtime from the environment now (never cached: a test or a user can change it).
 
     Colab is a VM with ``/var/colab/hostname`` or ``$COLAB_RELEASE_TAG``, or a Colab IPython shell;
     importing ``google.colab`` proves nothing, since the package installs anywhere.
 
     Examples:
-        >>> colabkit.runtime.detect().describe()
+        >>> colabkit.detect_runtime().describe()
         'Colab (release-colab_20250101-060000_RC00), up 0h41m of ~12h00m'
     """
     release = os.environ.get("COLAB_RELEASE_TAG") or None
@@ -202,7 +193,3 @@ def display_mode() -> str:
         pass
     return "plain"
 
-
-def monotonic() -> float:
-    """The clock colabkit measures intervals with."""
-    return time.monotonic()

@@ -14,14 +14,11 @@ import shutil
 import sys
 from typing import Any, TextIO
 
-from . import runtime
+from . import _format, _runtime
 
 __all__ = [
     "OutputView",
     "StatusLine",
-    "format_bytes",
-    "format_duration",
-    "format_gib",
     "format_status",
     "note",
     "show",
@@ -32,31 +29,6 @@ REFRESH_S = 0.25  # about four screen updates a second
 MAX_LINES_PER_S = 100  # beyond this the screen shows a note and output.log keeps the rest
 PLAIN_STATUS_S = 30.0  # how often a pipe gets a status line
 PLAIN_PROGRESS_S = 10.0  # how often a pipe gets the latest state of a \r progress line
-
-format_duration = runtime.format_duration
-
-
-def format_bytes(n: int | float | None) -> str:
-    """``None`` → ``n/a``, ``1536`` → ``1.5 KiB``, ``16106127360`` → ``15.0 GiB``."""
-    if n is None:
-        return "n/a"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"  # pragma: no cover
-
-
-def format_gib(n: int | float | None) -> str:
-    """``None`` → ``n/a``, ``16106127360`` → ``15.0 GiB`` (always GiB, for columns that line up)."""
-    return "n/a" if n is None else f"{n / 1024**3:.1f} GiB"
-
-
-def na(value: Any, unit: str = "") -> str:
-    """``None`` → ``n/a``; anything else with its unit."""
-    return "n/a" if value is None else f"{value}{unit}"
-
 
 def html_pre(text: str) -> str:
     """Text as an escaped ``<pre>`` block for ``_repr_html_``."""
@@ -75,13 +47,13 @@ def format_status(sample: Any, peak: int | None, elapsed_s: float) -> str:
         parts.append("GPU n/a")
     else:
         for i, (used, total) in enumerate(zip(sample.used, sample.total, strict=False)):
-            parts.append(f"GPU{i} {format_bytes(used)}/{format_bytes(total)}")
-        parts.append(f"peak {format_bytes(peak)}")
-        parts.append("util " + "/".join(na(u, "%") for u in sample.util))
-        parts.append("/".join(na(t, "°C") for t in sample.temp))
+            parts.append(f"GPU{i} {_format.format_bytes(used)}/{_format.format_bytes(total)}")
+        parts.append(f"peak {_format.format_bytes(peak)}")
+        parts.append("util " + "/".join(_format.na(u, "%") for u in sample.util))
+        parts.append("/".join(_format.na(t, "°C") for t in sample.temp))
     if sample is not None and sample.child_rss_bytes is not None:
-        parts.append(f"RAM {format_bytes(sample.child_rss_bytes)}")
-    parts.append(format_duration(elapsed_s))
+        parts.append(f"RAM {_format.format_bytes(sample.child_rss_bytes)}")
+    parts.append(_format.format_duration(elapsed_s))
     return " · ".join(parts)
 
 
@@ -130,7 +102,7 @@ def _lose(out: Any, exc: BaseException) -> None:
 
 def show(obj: Any) -> None:
     """Show an object: its rich HTML in a notebook, its ``str()`` elsewhere."""
-    if runtime.display_mode() == "notebook":
+    if _runtime.display_mode() == "notebook":
         try:
             from IPython.display import display
         except ImportError:  # a notebook without IPython cannot happen; degrade to text
@@ -143,7 +115,7 @@ def show(obj: Any) -> None:
 
 def show_image(path: Any) -> None:
     """Show a PNG in a notebook; elsewhere nothing (the file is on disk)."""
-    if runtime.display_mode() != "notebook":
+    if _runtime.display_mode() != "notebook":
         return
     try:
         from IPython.display import Image, display
@@ -159,7 +131,7 @@ def note(text: str) -> None:
 
 def frame(text: str, *, first: bool) -> None:
     """One frame of a live view (``colabkit watch``): redrawn in place on a terminal, appended otherwise."""
-    if runtime.display_mode() == "terminal":
+    if _runtime.display_mode() == "terminal":
         _write(_out(), ("" if first else "\x1b[H\x1b[J") + text + "\n")
     else:
         _write(_out(), text + "\n\n")
@@ -169,7 +141,7 @@ class StatusLine:
     """The one status line of a run, redrawn in place (not more than ``REFRESH_S`` apart, by the caller)."""
 
     def __init__(self, mode: str | None = None) -> None:
-        self.mode = mode or runtime.display_mode()
+        self.mode = mode or _runtime.display_mode()
         self._handle: Any = None
         self._last_plain: float | None = None
         self.text = ""
@@ -225,7 +197,7 @@ class OutputView:
         max_lines_per_s: int = MAX_LINES_PER_S,
         log_name: str = "output.log",
     ) -> None:
-        self.mode = mode or runtime.display_mode()
+        self.mode = mode or _runtime.display_mode()
         self.out = out
         self.refresh_s = refresh_s
         self.log_name = log_name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from . import display
+from . import _format
 
 __all__ = ["advice", "detect", "message", "tried_bytes"]
 
@@ -76,9 +76,9 @@ def message(
         framework or "", "the framework"
     )
     text = (
-        f"{script} ran out of GPU memory ({name}): peak seen {display.format_bytes(peak)} "
-        f"of {display.format_bytes(total)}"
+        f"{script} ran out of GPU memory ({name}): peak seen {_format.format_bytes(peak)} "
+        f"of {_format.format_bytes(total)}"
     )
     if tried is not None:
-        text += f", failed allocating {display.format_bytes(tried)} more"
+        text += f", failed allocating {_format.format_bytes(tried)} more"
     return text
