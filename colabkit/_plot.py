@@ -1,46 +1,127 @@
-"""``gpu.png``: GPU memory (and the child's) and utilisation over a run, drawn with matplotlib when it is there."""
+"""``gpu.png``: memory and utilisation over a run. ``layout()`` decides what the chart says (pure data);
+``draw()`` renders it with matplotlib when it is installed."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ._stats import Sample
 
-__all__ = ["draw"]
+__all__ = ["Chart", "Series", "draw", "layout", "unit_for"]
+
+_UNITS = (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024), ("B", 1))
 
 
-def _nan(value: int | float | None, scale: float) -> float:
-    return float("nan") if value is None else value / scale
+def unit_for(largest: float | None) -> tuple[str, int]:
+    """The unit that shows ``largest`` bytes as a number between 1 and 1024: ``19 MiB`` in MiB, not ``0.02 GiB``."""
+    for name, size in _UNITS:
+        if largest is not None and largest >= size:
+            return name, size
+    return "B", 1
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of a panel: its label, the values in the panel's unit (``None`` where unknown), its style."""
+
+    label: str
+    values: tuple[float | None, ...]
+    style: str = "-"
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel: its y label, its lines, horizontal reference lines (a GPU's total) and y limits."""
+
+    ylabel: str
+    series: tuple[Series, ...]
+    hlines: tuple[float, ...] = ()
+    ylim: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Chart:
+    """What the figure shows: the times, its panels, the title and a note (why a panel is missing)."""
+
+    times: tuple[float, ...]
+    panels: tuple[Panel, ...]
+    title: str
+    note: str | None = None
+    gpus: int = 0
+
+
+def _scaled(values: list[int | None], size: int) -> tuple[float | None, ...]:
+    return tuple(None if v is None else v / size for v in values)
+
+
+def layout(samples: tuple[Sample, ...], title: str) -> Chart:
+    """The chart for ``samples``: GPU memory (with each GPU's total), the run's RAM and GPU utilisation;
+    without a GPU, the run's RAM alone, in a unit that fits it, and a note that there was no GPU."""
+    times = tuple(s.t for s in samples)
+    gpus = max((len(s.used) for s in samples), default=0)
+    ram = [s.child_rss_bytes for s in samples]
+    has_ram = any(v is not None for v in ram)
+    if gpus == 0:
+        unit, size = unit_for(max((v for v in ram if v is not None), default=None))
+        series = (Series("RAM of the run's processes", _scaled(ram, size)),) if has_ram else ()
+        note = "no GPU was visible: this run used the CPU, so only its RAM is drawn"
+        return Chart(times, (Panel(f"RAM ({unit})", series),), title, note, 0)
+    gib = 1024**3
+    memory = [Series(f"GPU{i} used", _scaled([s.used[i] if i < len(s.used) else None for s in samples], gib))
+              for i in range(gpus)]  # fmt: skip
+    if any(s.child_gpu_bytes is not None for s in samples):
+        memory.append(Series("the run (GPU)", _scaled([s.child_gpu_bytes for s in samples], gib)))
+    if has_ram:
+        memory.append(Series("the run (RAM)", _scaled(ram, gib), ":"))
+    totals = []
+    for i in range(gpus):
+        known = [s.total[i] for s in samples if i < len(s.total) and s.total[i] is not None]
+        if known:
+            totals.append(known[-1] / gib)
+    util = tuple(
+        Series(f"GPU{i}", tuple(None if i >= len(s.util) or s.util[i] is None else float(s.util[i]) for s in samples))
+        for i in range(gpus)
+    )
+    return Chart(
+        times,
+        (Panel("GiB", tuple(memory), tuple(totals)), Panel("GPU util %", util, ylim=(0, 105))),
+        title,
+        None,
+        gpus,
+    )
 
 
 def draw(samples: tuple[Sample, ...], out: Path, title: str) -> None:
-    """Draw GPU memory (and the child's) and utilisation over time to the PNG ``out``.
+    """Render :func:`layout` of ``samples`` to the PNG ``out``.
 
     Raises:
         ImportError: matplotlib is not installed.
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9, 5))
-    mem, util = fig.subplots(2, 1, sharex=True)
-    ts = [s.t for s in samples]
-    gib = 1024**3
-    count = max((len(s.used) for s in samples), default=0)
-    for i in range(count):
-        mem.plot(ts, [_nan(s.used[i], gib) for s in samples], label=f"GPU{i} used")
-        util.plot(ts, [_nan(s.util[i], 1) for s in samples], label=f"GPU{i}")
-        totals = [s.total[i] for s in samples if s.total[i] is not None]
-        if totals:
-            mem.axhline(totals[-1] / gib, linestyle="--", linewidth=0.8, color="grey")
-    if any(s.child_gpu_bytes is not None for s in samples):
-        mem.plot(ts, [_nan(s.child_gpu_bytes, gib) for s in samples], label="child (GPU)")
-    if any(s.child_rss_bytes is not None for s in samples):
-        mem.plot(ts, [_nan(s.child_rss_bytes, gib) for s in samples], label="child RAM", linestyle=":")
-    mem.set_ylabel("GiB")
-    mem.set_title(title)
-    mem.legend(loc="upper left", fontsize="small")
-    util.set_ylabel("GPU util %")
-    util.set_ylim(0, 105)
-    util.set_xlabel("seconds")
+    chart = layout(samples, title)
+    fig = Figure(figsize=(9, 5 if len(chart.panels) > 1 else 3.5))
+    axes = fig.subplots(len(chart.panels), 1, sharex=True, squeeze=False)[:, 0]
+    nan = float("nan")
+    for ax, panel in zip(axes, chart.panels, strict=True):
+        for line in panel.series:
+            ax.plot(chart.times, [nan if v is None else v for v in line.values], line.style, label=line.label)
+        for y in panel.hlines:
+            ax.axhline(y, linestyle="--", linewidth=0.8, color="grey")
+        ax.set_ylabel(panel.ylabel)
+        if panel.ylim is not None:
+            ax.set_ylim(*panel.ylim)
+        else:  # memory from zero (a small change must not look like a large one), with room above the peak
+            top = max([v for line in panel.series for v in line.values if v is not None] + list(panel.hlines), default=0)
+            ax.set_ylim(0, top * 1.12 or 1)
+        if panel.series:
+            ax.legend(loc="upper left", fontsize="small")
+    if chart.note:
+        fig.suptitle(chart.title)
+        axes[0].set_title(chart.note, fontsize="small", color="dimgrey")
+    else:
+        axes[0].set_title(chart.title)
+    axes[-1].set_xlabel("seconds")
     fig.tight_layout()
     fig.savefig(out, dpi=100)

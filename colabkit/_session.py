@@ -6,12 +6,13 @@ import html
 import os
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from . import _display, _runtime
+from . import _display, _notebook, _runtime
 from ._format import format_gib
+from ._notebook import ShownOnce
 from ._version import __version__
-from .errors import ColabkitWarning, GpuError, no_gpu_fix
+from .errors import ColabkitError, ColabkitWarning, GpuError, no_gpu_fix
 
 if TYPE_CHECKING:
     from ._drive import Mount
@@ -26,7 +27,7 @@ MOUNT_MODES = ("auto", "drive", "ocamlfuse", "local", False)
 
 
 @dataclass(frozen=True)
-class Session:
+class Session(ShownOnce):
     """What ``setup()`` found and opened. ``None`` parts were not asked for (or, for ``gpu``, not found)."""
 
     runtime: Runtime
@@ -78,15 +79,13 @@ class Session:
 
     def _repr_html_(self) -> str:
         body = "".join(
-            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(v)}</td></tr>"
             for k, v in self._rows()
         )
         return f"<b>colabkit {html.escape(__version__)} ready</b><table>{body}</table>"
 
-
-def _show(obj: Any) -> None:
-    """Show a summary: rich HTML in a notebook, text elsewhere."""
-    _display.show(obj)
+    def _bundle(self) -> dict[str, str]:
+        return {"text/plain": self.summary(), "text/html": self._repr_html_()}
 
 
 def _check_gpu(mode: str | bool) -> GpuInfo | None:
@@ -164,6 +163,21 @@ def setup(
         raise ValueError(
             f"project={os.fspath(project)!r} is relative to Drive, but mount=False: pass an absolute path"
         )
+    _notebook.warnings_as_notes()
+    try:
+        session = _setup(project, gpu=gpu, mount=mount, install=install)
+    except ColabkitError as exc:
+        _notebook.setup_failed(exc)  # the cells after this one say so instead of a bare NameError
+        raise
+    _notebook.setup_finished()
+    if _runtime.display_mode() == "notebook":
+        _notebook.show_once(session, session._bundle())  # as the cell's last line it is not shown twice
+    else:
+        _display.note(session.summary())
+    return session
+
+
+def _setup(project: str | os.PathLike[str] | None, *, gpu: str | bool, mount: str | bool, install: bool) -> Session:
     rt = _runtime.detect_runtime()
     info = _check_gpu(gpu)
     m = None
@@ -176,6 +190,4 @@ def setup(
         from . import _project
 
         proj = _project.project(project, install=install)
-    session = Session(runtime=rt, gpu=info, mount=m, project=proj, gpu_mode=gpu)
-    _show(session)
-    return session
+    return Session(runtime=rt, gpu=info, mount=m, project=proj, gpu_mode=gpu)

@@ -227,7 +227,7 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from ._demo import demo
 
-    result = demo(epochs=args.epochs, steps=args.steps)
+    result = demo(epochs=args.epochs, steps=args.steps, surface="cli")
     return int(result.returncode or 0)
 
 

@@ -47,7 +47,9 @@ __all__ = [
     "StageError",
 ]
 
-API, CLI = "api", "cli"  # the two surfaces an error is said on
+# the surfaces an error is said on: a Python caller, the colabkit command, a notebook cell (IPython)
+API, CLI, NOTEBOOK = "api", "cli", "notebook"
+TRACEBACK_ENV = "COLABKIT_TRACEBACK"  # set it (to 1) and a notebook shows colabkit errors with their full traceback
 RESTART = "restart the runtime (Colab: Runtime → Restart session) or the Python process"
 
 
@@ -80,15 +82,42 @@ class ColabkitError(Exception):
         Exception.__init__(self, message)
 
     def render(self, surface: str = API) -> str:
-        """The message and, on its own line, the fix: as Python callers (``"api"``) or the command line (``"cli"``) spell it."""
+        """The message and, on its own line, the fix, as the surface spells them.
+
+        ``"api"`` (``str(exc)``) is for Python callers and logs; ``"cli"`` uses the command line's spelling
+        (``--timeout``); ``"notebook"`` is the API's spelling without what the cell already showed (a
+        failing script's last lines).
+        """
         message, hint = self.message, self.hint
         if surface == CLI:
             message = self.cli_message if self.cli_message is not None else message
             hint = self.cli_hint if self.cli_hint is not None else hint
+        if surface == API:
+            message += self._not_on_screen()
         return message if not hint else f"{message}\nHINT: {hint}"
+
+    def _not_on_screen(self) -> str:
+        """What ``str()`` adds to the message that the notebook and the command line have already shown."""
+        return ""
 
     def __str__(self) -> str:
         return self.render(API)
+
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows for this error instead of a traceback: one short block, the fix in it.
+
+        The cause chain stays on the exception (``__cause__``); with ``$COLABKIT_TRACEBACK`` set the
+        notebook shows the whole traceback again.
+        """
+        import os
+
+        if os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):
+            import traceback
+
+            return [line.rstrip("\n") for line in traceback.format_exception(self)]
+        lines = [f"\x1b[1;31m{type(self).__name__}\x1b[0m: {self.render(NOTEBOOK)}"]
+        lines.append(f"(colabkit shows its errors short: %env {TRACEBACK_ENV}=1 and run the cell again for the traceback)")
+        return "\n".join(lines).split("\n")
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_restore, (type(self), dict(self.__dict__)))

@@ -23,10 +23,17 @@ _DROP = {"CUDA_VISIBLE_DEVICES", "NO_COLOR", "VERTEX_PRODUCT", "PYTHONSTARTUP", 
 
 @pytest.fixture(autouse=True)
 def clean_environ(tmp_path, monkeypatch):
-    """Each test starts with no colabkit/Colab/Kaggle variables, a private HOME and a private Drive stand-in."""
+    """Each test starts with no colabkit/Colab/Kaggle variables, a private HOME and a private Drive stand-in,
+    and a machine root of its own: this host's ``/proc`` (uptime, boot id) but none of its ``/var/colab``,
+    ``/content``, ``/dev`` or ``/etc``, so a real Colab VM (or a machine that has ``/var/colab/hostname``)
+    neither flips a test's verdict nor gets written to by the fake ``google.colab``."""
     for key in list(os.environ):
         if key.startswith(_DROP_PREFIXES) or key in _DROP:
             monkeypatch.delenv(key, raising=False)
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "proc").symlink_to("/proc")
+    monkeypatch.setenv("COLABKIT_SYSROOT", str(host))
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))

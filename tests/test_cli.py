@@ -123,3 +123,12 @@ def test_demo_without_gpu_warns_in_one_line_and_says_the_duration_once(machine):
     # no GPU here: the stats line says so first, then the training child's RAM peak (the sampler watched it)
     assert lines[first + 1].startswith("no GPU, RAM peak ")
     assert "duration=" not in out.stdout
+    project = Path(os.environ["COLABKIT_DRIVE"]) / "MyDrive" / "colabkit-demo"
+    (run_dir,) = (project / "runs").iterdir()
+    assert lines[-4:] == [
+        "Next steps:",
+        f"  this run's log, metrics.csv and summary.json are in {run_dir}",
+        f"  list the project's runs: colabkit runs {project}",
+        f"  train your own model: edit {project / 'train.py'} (your edits are kept when you run colabkit demo "
+        f"again), then colabkit run {project / 'train.py'}",
+    ]  # the command line's spelling: no colabkit.runs(...) in a terminal

@@ -18,7 +18,7 @@ PACKAGE = ROOT / "colabkit"
 LAYERS: dict[str, set[str]] = {
     "base": {"errors", "_version", "_format", "_runtime", "_files", "_procs", "_mounts"},
     "doors": {"_nvml", "_colab", "_torch"},
-    "display": {"_display"},
+    "display": {"_display", "_notebook"},
     "services": {"_gpu", "_drive", "_release", "_ocamlfuse", "_project", "_stats", "_monitor", "_plot", "_stop", "_stream"},
     "run": {"_spec", "_summary", "_result", "_loop", "_run", "_stale", "_oom", "_stage", "_extract", "_checkpoint", "_history"},
     "setup": {"_session", "_report", "_demo"},

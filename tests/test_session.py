@@ -121,9 +121,9 @@ def test_notebook_display_goes_through_ipython(tmp_path, monkeypatch):
     monkeypatch.setenv("COLABKIT_DISPLAY", "notebook")
     import IPython.display
 
-    monkeypatch.setattr(IPython.display, "display", shown.append)
+    monkeypatch.setattr(IPython.display, "display", lambda *args, **kwargs: shown.append((args, kwargs)))
     s = colabkit.setup(gpu=False, mount="local")
-    assert shown == [s]
+    assert shown == [(({"text/plain": s.summary(), "text/html": s._repr_html_()},), {"raw": True})]
 
 
 def test_release_off_colab_keeps_everything(tmp_path, capsys):

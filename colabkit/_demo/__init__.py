@@ -32,7 +32,9 @@ def _install_sample(folder: Path) -> Path:
     return script
 
 
-def demo(*, epochs: int = 3, steps: int = 200, gpu: str | bool = "prefer", interval: float = 0.5) -> RunResult:
+def demo(
+    *, epochs: int = 3, steps: int = 200, gpu: str | bool = "prefer", interval: float = 0.5, surface: str = "api"
+) -> RunResult:
     """Create the sample project in the local Drive stand-in, then ``setup()`` and ``run()`` it.
 
     Args:
@@ -40,6 +42,7 @@ def demo(*, epochs: int = 3, steps: int = 200, gpu: str | bool = "prefer", inter
         steps: Steps per epoch.
         gpu: As in ``setup``: ``"prefer"`` trains on the CPU with a warning when there is no GPU.
         interval: Seconds between GPU samples.
+        surface: ``"api"`` or ``"cli"``: how the next steps it prints are spelled.
 
     Returns:
         The ``RunResult`` of the training run; its log lives under ``<stand-in>/MyDrive/colabkit-demo/runs/``.
@@ -48,11 +51,29 @@ def demo(*, epochs: int = 3, steps: int = 200, gpu: str | bool = "prefer", inter
         >>> from colabkit._demo import demo; demo(epochs=1)
         RunResult(status='finished', returncode=0, ...)
     """
+    from colabkit._display import note
     from colabkit._drive import mount
     from colabkit._run import run
     from colabkit._session import setup
 
     root = mount("local").root
-    _install_sample(root / DEMO_PROJECT)
+    script = _install_sample(root / DEMO_PROJECT)
     setup(DEMO_PROJECT, gpu=gpu, mount="local", install=False)
-    return run("train.py", "--epochs", str(epochs), "--steps", str(steps), interval=interval)
+    result = run("train.py", "--epochs", str(epochs), "--steps", str(steps), interval=interval)
+    note(next_steps(script, result.log_dir, surface))
+    return result
+
+
+def next_steps(script: Path, run_dir: Path, surface: str = "api") -> str:
+    """What to do after the demo: where its files are, how to list the runs, how to train your own model."""
+    project = script.parent
+    if surface == "cli":
+        runs, again, own = f"colabkit runs {project}", "colabkit demo", f"colabkit run {script}"
+    else:
+        runs, again, own = f"colabkit.runs({str(project)!r})", "the demo", f"colabkit.run({str(script)!r})"
+    return (
+        "\nNext steps:\n"
+        f"  this run's log, metrics.csv and summary.json are in {run_dir}\n"
+        f"  list the project's runs: {runs}\n"
+        f"  train your own model: edit {script} (your edits are kept when you run {again} again), then {own}"
+    )

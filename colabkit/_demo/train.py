@@ -97,7 +97,7 @@ else:
 print(f"backend: {backend} on {device}, {args.epochs} epochs x {args.steps} steps", flush=True)
 loss = math.nan
 for epoch in range(1, args.epochs + 1):
-    bar = tqdm(range(args.steps), desc=f"epoch {epoch}/{args.epochs}", file=sys.stdout, mininterval=0.1, ascii=True)
+    bar = tqdm(range(args.steps), desc=f"epoch {epoch}/{args.epochs}", file=sys.stdout, mininterval=0.1)
     for _ in bar:
         loss = step()
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
