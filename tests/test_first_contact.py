@@ -7,6 +7,8 @@ machine root, so the fix it shows is Colab's menu path.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 
@@ -20,6 +22,8 @@ NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SCRIPT = "print('training done')\n"
 
+IPYTHON7 = "IPYTHON7_PYTHON"  # a Python with IPython 7.34 and ipykernel 6 (Colab's), made by .ci/run
+
 pytestmark = [
     pytest.mark.notebook,
     pytest.mark.timeout(240),
@@ -27,7 +31,24 @@ pytestmark = [
 ]
 
 
-def _run(tmp_path: Path, monkeypatch, gpu: str, *, colab: bool = True) -> list:
+@pytest.fixture(params=["python3", "ipython7"])
+def kernel(request, tmp_path, monkeypatch) -> str:
+    """The kernel the notebook runs in: this environment's, and Colab's IPython 7.34 when CI provides one."""
+    if request.param == "python3":
+        return "python3"
+    python = os.environ.get(IPYTHON7)
+    if not python:
+        pytest.skip(f"no IPython 7.34 kernel: set ${IPYTHON7} to a Python that has it (.ci/run does)")
+    spec = tmp_path / "jupyter" / "kernels" / "ipython7"
+    spec.mkdir(parents=True)
+    argv = [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "IPython 7", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    return "ipython7"
+
+
+def _run(tmp_path: Path, monkeypatch, gpu: str, *, colab: bool = True, kernel: str = "python3") -> list:
     """Execute the quickstart with ``GPU = gpu`` on a faked CPU-only Colab VM (or this CPU-only machine); its code cells."""
     if colab:
         vm = tmp_path / "vm"
@@ -41,7 +62,7 @@ def _run(tmp_path: Path, monkeypatch, gpu: str, *, colab: bool = True) -> list:
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params.source = params.source.replace('GPU = "require"', f'GPU = "{gpu}"')
     client = nbclient.NotebookClient(
-        nb, timeout=180, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(tmp_path)}}
+        nb, timeout=180, kernel_name=kernel, allow_errors=True, resources={"metadata": {"path": str(tmp_path)}}
     )
     client.execute()
     return [c for c in nb.cells if c.cell_type == "code"]
@@ -51,8 +72,8 @@ def _errors(cell) -> list:
     return [o for o in cell.outputs if o.output_type == "error"]
 
 
-def test_a_cpu_runtime_with_gpu_require_shows_one_short_block_with_the_menu_path(tmp_path, monkeypatch):
-    code = _run(tmp_path, monkeypatch, "require")
+def test_a_cpu_runtime_with_gpu_require_shows_one_short_block_with_the_menu_path(tmp_path, monkeypatch, kernel):
+    code = _run(tmp_path, monkeypatch, "require", kernel=kernel)
     setup_cell = next(c for c in code if "colabkit.setup(" in c.source)
     (error,) = _errors(setup_cell)
     assert error.ename == "NoGpuError"
@@ -65,8 +86,8 @@ def test_a_cpu_runtime_with_gpu_require_shows_one_short_block_with_the_menu_path
     assert "ctypes" not in text and "pynvml" not in text and "File " not in text
 
 
-def test_a_name_from_the_failed_setup_cell_says_that_setup_did_not_finish(tmp_path, monkeypatch):
-    code = _run(tmp_path, monkeypatch, "require")
+def test_a_name_from_the_failed_setup_cell_says_that_setup_did_not_finish(tmp_path, monkeypatch, kernel):
+    code = _run(tmp_path, monkeypatch, "require", kernel=kernel)
     plot_cell = next(c for c in code if "result.plot()" in c.source)
     (error,) = _errors(plot_cell)
     assert error.ename == "NameError"
@@ -78,24 +99,24 @@ def test_a_name_from_the_failed_setup_cell_says_that_setup_did_not_finish(tmp_pa
     )
 
 
-def test_with_gpu_prefer_the_setup_summary_is_shown_once(tmp_path, monkeypatch):
+def test_with_gpu_prefer_the_setup_summary_is_shown_once(tmp_path, monkeypatch, kernel):
     drive = tmp_path / "drive"
     (drive / "MyDrive" / "test").mkdir(parents=True)
     (drive / "MyDrive" / "test" / "test.py").write_text(SCRIPT)
     monkeypatch.setenv("COLABKIT_DRIVE", str(drive))
-    code = _run(tmp_path, monkeypatch, "prefer", colab=False)
+    code = _run(tmp_path, monkeypatch, "prefer", colab=False, kernel=kernel)
     setup_cell = next(c for c in code if "colabkit.setup(" in c.source)
     assert not _errors(setup_cell)
     summaries = [o for o in setup_cell.outputs if "ready" in o.get("data", {}).get("text/plain", "")]
     assert len(summaries) == 1, setup_cell.outputs
 
 
-def test_a_colabkit_warning_is_one_line_note(tmp_path, monkeypatch):
+def test_a_colabkit_warning_is_one_line_note(tmp_path, monkeypatch, kernel):
     drive = tmp_path / "drive"
     (drive / "MyDrive" / "test").mkdir(parents=True)
     (drive / "MyDrive" / "test" / "test.py").write_text(SCRIPT)
     monkeypatch.setenv("COLABKIT_DRIVE", str(drive))
-    code = _run(tmp_path, monkeypatch, "prefer", colab=False)
+    code = _run(tmp_path, monkeypatch, "prefer", colab=False, kernel=kernel)
     setup_cell = next(c for c in code if "colabkit.setup(" in c.source)
     streams = "".join(o.text for o in setup_cell.outputs if o.output_type == "stream")
     notes = [line for line in streams.splitlines() if "no NVIDIA GPU found" in line]
