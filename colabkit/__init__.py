@@ -41,6 +41,7 @@ _NAMES: dict[str, str] = {
     "latest": "_checkpoint",
     "load": "_checkpoint",
     "runs": "_history",
+    "attach": "_attach",
     # types
     "Session": "_session",
     "GpuInfo": "_gpu",
@@ -64,6 +65,7 @@ _NAMES: dict[str, str] = {
     "ColabkitWarning": "errors",
     "GpuError": "errors",
     "NoGpuError": "errors",
+    "NotEnoughGpus": "errors",
     "CudaMismatchError": "errors",
     "MountError": "errors",
     "ProjectNotFound": "errors",
@@ -71,6 +73,7 @@ _NAMES: dict[str, str] = {
     "StageError": "errors",
     "CheckpointError": "errors",
     "ScriptNotFound": "errors",
+    "SecretNotFound": "errors",
     "RunFailed": "errors",
     "CudaOutOfMemory": "errors",
     "ReleaseError": "errors",
@@ -124,6 +127,7 @@ if not any(isinstance(f, type) and f.__name__ == "_OldModuleFinder" for f in sys
 
 
 if TYPE_CHECKING:  # pragma: no cover - for IDEs and type checkers only
+    from ._attach import attach
     from ._checkpoint import latest, load, save
     from ._drive import find_mount, flush, mount
     from ._gpu import GpuInfo, GpuProcess, gpu_processes, gpus, require_gpu, verify_torch
@@ -150,9 +154,11 @@ if TYPE_CHECKING:  # pragma: no cover - for IDEs and type checkers only
         InstallError,
         MountError,
         NoGpuError,
+        NotEnoughGpus,
         ProjectNotFound,
         ReleaseError,
         RunFailed,
         ScriptNotFound,
+        SecretNotFound,
         StageError,
     )

@@ -11,7 +11,14 @@ from pathlib import Path
 from . import _mounts, _runtime
 from .errors import ColabkitError, MountError, ReleaseError
 
-__all__ = ["drive_flush_and_unmount", "drive_mount", "runtime_unassign"]
+__all__ = [
+    "USERDATA_STATUS",
+    "drive_flush_and_unmount",
+    "drive_mount",
+    "frontend_answers",
+    "runtime_unassign",
+    "userdata_lookup",
+]
 
 _METHODS_OFF_COLAB = (
     "Here use colabkit.mount('local') (`colabkit mount --method local` in a terminal; a local folder stands in "
@@ -59,12 +66,35 @@ def _translate(exc: BaseException, op: str, mountpoint: str | None) -> ColabkitE
             _METHODS_OFF_COLAB,
             "not_colab",
         )
+    if name == "MessageError" and ("User cancelled dfs_ephemeral" in text or "Credentials propagation unsuccessful" in text):
+        # the Colab VS Code extension's own answers to drive.mount's consent request (docs/front-ends.md)
+        return mount_error(
+            "Google Drive was not connected: the consent dialog in VS Code was dismissed or its sign-in failed",
+            'Run the cell again; when VS Code asks "Permit ... to access your Google Drive files?" choose Connect '
+            "to Google Drive, sign in in the browser it opens with the account of this Colab server, then click "
+            "Continue in VS Code.",
+            "credentials",
+        )
     if name == "MessageError" and "credential propagation" in text:
         return mount_error(
             "Google Drive refused the credentials (credential propagation was unsuccessful)",
             "Sign in with the same Google account as the notebook (top right of Colab), allow the popup and tick "
             "every permission it asks for, then run the cell again. For a second account use method='ocamlfuse'.",
             "credentials",
+        )
+    if name in ("TIMEOUT", "EOF") and type(exc).__module__.startswith("pexpect"):
+        # drive.py waits for DriveFS through pexpect, whose exceptions print the whole spawn object: never show it
+        if name == "TIMEOUT":
+            return mount_error(
+                f"Drive did not mount at {mp} within the time drive.mount allows (its wait for DriveFS ran out)",
+                "Run the cell again; if it keeps happening use Runtime → Restart session, or give Drive more time: "
+                "colabkit.mount(timeout=900).",
+                "timeout",
+            )
+        return mount_error(
+            f"Drive could not be mounted at {mp}: drive.mount's shell ended early",
+            "Run the cell again; if it keeps failing, use Runtime → Restart session, then mount again.",
+            "failed",
         )
     if name == "RuntimeManagementError":
         return ReleaseError(
@@ -175,3 +205,54 @@ def runtime_unassign() -> None:
                 "Nothing to do off Colab; on Colab use Runtime → Disconnect and delete runtime.",
             ) from None
         rt.unassign()
+
+
+# google.colab.userdata's exceptions -> what colabkit's secrets say (colab-facts §8, docs/front-ends.md)
+USERDATA_STATUS = {
+    "TimeoutException": "timeout",  # nobody answered in 10 s: no Colab web UI behind this kernel
+    "SecretNotFoundError": "missing",
+    "NotebookAccessError": "no_access",
+    "ValueError": "error",  # a name userdata refuses (empty, whitespace): colabkit checks names first
+}
+
+
+def userdata_lookup(name: str) -> tuple[str, str | None]:
+    """Ask Colab's secrets panel for ``name`` through ``google.colab.userdata.get`` (it waits at most 10 s).
+
+    Returns ``("ok", value)``, or ``(status, None)``: ``"missing"``, ``"no_access"`` (the notebook was
+    not granted it), ``"timeout"`` (no answer: no Colab web UI behind this kernel), ``"unavailable"``
+    (no google.colab here) or ``"error"``. Never raises, and never puts a value in a message.
+    """
+    try:
+        userdata = __import__("google.colab.userdata", fromlist=["userdata"])
+    except ImportError:
+        return "unavailable", None
+    try:
+        value = userdata.get(name)
+    except Exception as exc:
+        return USERDATA_STATUS.get(type(exc).__name__, "error"), None
+    return ("ok", value) if isinstance(value, str) else ("error", None)
+
+
+def frontend_answers(timeout_s: float) -> bool | None:
+    """Whether a browser answers a frontend request (``cell_javascript_eval`` of a constant) within ``timeout_s``.
+
+    Only Colab's web UI evaluates it: the VS Code extension and google-colab-cli never answer. ``None``
+    when the request cannot be sent here (no google.colab, no kernel).
+    """
+    import builtins
+
+    try:
+        message = __import__("google.colab._message", fromlist=["_message"])
+        get_ipython = getattr(builtins, "get_ipython", None)
+        shell = get_ipython() if get_ipython is not None else None
+        parent = getattr(shell, "parent_header", None) if shell is not None else None
+        request = message.send_request("cell_javascript_eval", {"script": "'colabkit'"}, parent=parent or None)
+    except Exception:
+        return None
+    try:
+        reply = message.read_reply_from_input(request, timeout_sec=timeout_s)
+    except Exception as exc:
+        return type(exc).__name__ == "MessageError"  # an answer, if an error: someone is there
+    return reply is not None
+

@@ -54,6 +54,9 @@ def machine_tag() -> str:
     return f"{host}_{boot}"
 
 
+_writing: set[str] = set()  # the temp files this process is writing now (see abandoned)
+
+
 def temp_sibling(path: Path) -> Path:
     """``<folder>/.<name>.tmp-<machine>-<pid>-<random>``: where a write to ``path`` goes first."""
     return path.with_name(f".{path.name}.tmp-{machine_tag()}-{os.getpid()}-{secrets.token_hex(4)}")
@@ -62,12 +65,15 @@ def temp_sibling(path: Path) -> Path:
 def abandoned(path: Path, machine: str | None, pid: int, *, now: float | None = None) -> bool:
     """Whether a temp file (or folder) written by ``pid`` on ``machine`` can be removed.
 
-    On this machine: when its writer is gone. Another machine's writer cannot be asked (it may be
+    On this machine: when its writer is gone, or is this process with no write of that file under way (a
+    write that failed on a Drive that died could not remove its temp then). Another machine's writer cannot be asked (it may be
     another VM sharing the same Drive folder, saving right now), so its temp files go only when they
     have not changed for :data:`FOREIGN_TEMP_AGE_S`.
     """
     if machine == machine_tag():
-        return pid != os.getpid() and not _procs.alive(pid)
+        if pid == os.getpid():  # this process: abandoned unless a write of it is under way (one that failed on a
+            return path.name not in _writing  # Drive that died could not remove its temp then)
+        return not _procs.alive(pid)
     try:
         age = (time.time() if now is None else now) - path.lstat().st_mtime
     except OSError:
@@ -113,6 +119,7 @@ def replacing(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     removed (or, after a kill, left for :func:`remove_abandoned`).
     """
     temp = temp_sibling(path)
+    _writing.add(temp.name)
     try:
         with open(temp, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
@@ -123,6 +130,8 @@ def replacing(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
+    finally:
+        _writing.discard(temp.name)
     fsync_dir(path.parent)
 
 

@@ -1,4 +1,6 @@
-"""Run history: every run folder's ``summary.json`` as one table, with runs whose VM vanished shown as lost."""
+"""Run history: every run folder's ``summary.json`` as one table, with how each run ended and why (finished;
+failed, with the error's last line; stopped by its budget at step N; lost with its VM), runs whose VM vanished
+shown as lost, and a copy to Drive that a run left unfinished completed from this machine's local folder."""
 
 from __future__ import annotations
 
@@ -13,13 +15,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, overload
 
-from . import _drive, _mounts, _project, _runtime
+from . import _drive, _mounts, _progress, _project, _runtime
+from ._display import html_cell
 from ._format import format_duration, format_gib
 from ._mounts import DEAD_ERRNOS
 from ._summary import RunSummary
 from .errors import MountError, ProjectNotFound
 
-__all__ = ["RunInfo", "RunList", "runs"]
+__all__ = ["RunInfo", "RunList", "read_run", "runs"]
+
+_INTERRUPTED = {
+    "interrupt": "stopped with Stop or Ctrl-C",
+    "timeout": "stopped by its timeout",
+    "launcher": "ended when the notebook (or colabkit run) that started it died",
+    "signal": "stopped by a signal to its supervisor",
+}
+_ERROR_TAIL = 8192  # bytes of output.log read back for a failed run's last line
 
 
 @dataclass(frozen=True)
@@ -45,9 +56,40 @@ class RunInfo:
     gpu_total_bytes: int | None = None
     reason: str | None = None
     problem: str | None = None  # why the summary could not be read
+    last_step: int | None = None  # the newest step the run reached, as its output or its checkpoints told
+    checkpoint_step: int | None = None  # the step of the newest checkpoint it left, when known
+    error: str | None = None  # a failed run's last line of output (the error)
+    lost_why: str | None = None  # "VM recycled", or why else a run marked running is gone
+    copy: str | None = None  # how far the copy of its folder to Drive got: "complete", "behind", "dead", ...
 
-    def row(self) -> tuple[str, str, str, str, str]:
-        """Display strings: name, status, start, duration, peak GPU memory."""
+    @property
+    def ending(self) -> str:
+        """How the run ended and why, in words.
+
+        Examples:
+            >>> colabkit.runs()[-1].ending
+            'lost at step 7,100: VM recycled; run the same cell with resume=True to continue'
+        """
+        at = _progress.describe_step(self.last_step, self.checkpoint_step)
+        at = f" {at}" if at else ""
+        status, reason = self.status, self.reason
+        if status == "finished":
+            return f"finished{at}"
+        if status == "failed":
+            return f"failed{at}: {self.error}" if self.error else f"failed{at} (exit status {self.returncode})"
+        if status == "stopped":
+            return f"stopped by its budget{at}" + ("; resume=True continues it" if self.last_step or self.checkpoint_step else "")
+        if status == "interrupted":
+            why = _INTERRUPTED.get(reason or "", f"interrupted ({reason})" if reason else "interrupted")
+            return f"{why}{at}"
+        if status == "lost":
+            return f"lost{at}: {self.lost_why or 'its processes are gone'}; run the same cell with resume=True to continue"
+        if status == "running":
+            return f"running{at}"
+        return self.problem or status
+
+    def row(self) -> tuple[str, str, str, str, str, str]:
+        """Display strings: name, status, start, duration, peak GPU memory, how it ended."""
         started = self.started.astimezone().strftime("%Y-%m-%d %H:%M") if self.started else "n/a"
         duration = format_duration(self.duration_s) if self.duration_s is not None else "n/a"
         if self.peak_gpu_bytes is None:
@@ -56,7 +98,7 @@ class RunInfo:
             peak = f"{format_gib(self.peak_gpu_bytes)} / {format_gib(self.gpu_total_bytes)}"
         else:
             peak = format_gib(self.peak_gpu_bytes)
-        return self.name, self.status, started, duration, peak
+        return self.name, self.status, started, duration, peak, self.ending
 
     def __repr__(self) -> str:
         parts = []
@@ -72,8 +114,8 @@ class RunInfo:
         return f"RunInfo({', '.join(parts)})"
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in RunList._HEADER)
-        cells = "".join(f"<td>{html.escape(cell)}</td>" for cell in self.row())
+        head = "".join(html_cell(html.escape(h), "th") for h in RunList._HEADER)
+        cells = "".join(html_cell(html.escape(cell)) for cell in self.row())
         note = f"<p>{html.escape(self.problem)}</p>" if self.problem else ""
         return f"<table><thead><tr>{head}</tr></thead><tbody><tr>{cells}</tr></tbody></table>{note}"
 
@@ -81,7 +123,7 @@ class RunInfo:
 class RunList(Sequence[RunInfo]):
     """The runs of one project, oldest first; ``str()`` is a text table, a notebook shows an HTML one."""
 
-    _HEADER = ("run", "status", "started", "duration", "peak GPU")
+    _HEADER = ("run", "status", "started", "duration", "peak GPU", "end")
 
     def __init__(self, folder: Path, items: list[RunInfo]) -> None:
         self.folder = folder
@@ -120,11 +162,11 @@ class RunList(Sequence[RunInfo]):
     def _repr_html_(self) -> str:
         if not self._items:
             return f"<p>No runs yet in <code>{html.escape(str(self.folder))}</code></p>"
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self._HEADER)
+        head = "".join(html_cell(html.escape(h), "th") for h in self._HEADER)
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in r.row()) + "</tr>" for r in self._items
+            "<tr>" + "".join(html_cell(html.escape(cell)) for cell in r.row()) + "</tr>" for r in self._items
         )
-        caption = f"<caption>runs in <code>{html.escape(str(self.folder))}</code></caption>"
+        caption = f"<caption style='text-align:left'>runs in <code>{html.escape(str(self.folder))}</code></caption>"
         return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -142,19 +184,43 @@ def _read(folder: Path, boot_id: str, now: datetime) -> tuple[tuple[float, float
     key_unknown = (fallback if fallback is not None else float("inf"), 0.0, folder.name)
     try:
         summary = RunSummary.read(folder)
+        if summary.status != "running" or summary.lost(boot_id):
+            # a run over (or gone) whose last copy to Drive did not happen: this machine still has its folder
+            from . import _mirror
+
+            if _mirror.catch_up(folder) is not None:
+                summary = RunSummary.read(folder)
     except (OSError, ValueError) as exc:
         if isinstance(exc, OSError) and exc.errno in DEAD_ERRNOS:
             raise _unusable(folder, exc) from exc
         problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         return key_unknown, RunInfo(name=folder.name, path=folder, status="unknown", problem=f"summary.json: {problem}")
+    info = _info(folder, summary, boot_id, now)
+    # folder names (and "started") have one-second resolution: the child's create time orders runs started
+    # within the same second, whatever their scripts are called
+    if fallback is not None:
+        first = fallback
+    else:
+        first = info.started.timestamp() if info.started is not None else float("inf")
+    return (first, summary.pid_create_time or 0.0, folder.name), info
+
+
+def _info(folder: Path, summary: RunSummary, boot_id: str, now: datetime, *, logs: Path | None = None) -> RunInfo:
     status = summary.status
     started = summary.started_at
     duration = summary.duration_s
+    lost_why = None
     if summary.lost(boot_id):
         status = "lost"
+        recycled = summary.boot_id and boot_id and summary.boot_id != boot_id
+        lost_why = "VM recycled" if recycled else "its processes are gone"
     elif status == "running" and started is not None:
         duration = max(0.0, (now - started).total_seconds())
-    info = RunInfo(
+    error = getattr(summary, "error", None)
+    if status == "failed" and not error:
+        error = _last_line((logs or folder) / summary.log)
+    copy = getattr(summary, "copy", None)
+    return RunInfo(
         name=folder.name,
         path=folder,
         status=status,
@@ -166,14 +232,46 @@ def _read(folder: Path, boot_id: str, now: datetime) -> tuple[tuple[float, float
         peak_gpu_bytes=summary.peak_gpu_bytes,
         gpu_total_bytes=summary.gpu_total_bytes,
         reason=summary.reason,
+        last_step=getattr(summary, "last_step", None),
+        checkpoint_step=getattr(summary, "checkpoint_step", None),
+        error=error,
+        lost_why=lost_why,
+        copy=copy.get("state") if isinstance(copy, dict) else None,
     )
-    # folder names (and "started") have one-second resolution: the child's create time orders runs started
-    # within the same second, whatever their scripts are called
-    if fallback is not None:
-        first = fallback
-    else:
-        first = started.timestamp() if started is not None else float("inf")
-    return (first, summary.pid_create_time or 0.0, folder.name), info
+
+
+def _last_line(log: Path) -> str | None:
+    """The last line of output that is the script's (not colabkit's own ``[colabkit]`` lines), or ``None``."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - _ERROR_TAIL))
+            data = f.read()
+    except OSError:
+        return None
+    for raw in reversed(data.decode("utf-8", "replace").replace("\r", "\n").split("\n")):
+        line = raw.strip()
+        if line and not line.startswith("[colabkit]"):
+            return line[:300]
+    return None
+
+
+def read_run(folder: Path, *, source: Path | None = None) -> RunInfo:
+    """One run folder as :func:`runs` lists it (``status="unknown"`` with ``problem`` when unreadable); with
+    ``source``, its files are read from there (the run's local folder, fresher than its copy on Drive).
+
+    Raises:
+        MountError: the folder is on a Drive that died.
+    """
+    folder = Path(folder)
+    if source is None or Path(source) == folder:
+        return _read(folder, _runtime.boot_id(), datetime.now(timezone.utc))[1]
+    try:
+        summary = RunSummary.read(Path(source))
+    except (OSError, ValueError):
+        return _read(folder, _runtime.boot_id(), datetime.now(timezone.utc))[1]
+    return _info(folder, summary, _runtime.boot_id(), datetime.now(timezone.utc), logs=Path(source))
 
 
 def _unusable(path: Path, exc: OSError) -> MountError:
@@ -258,7 +356,8 @@ def runs(project: Any = None, *, log_dir: str = "runs") -> RunList:
     Raises:
         ProjectNotFound: ``project`` names a folder that does not exist.
         MountError: the folder is on a Drive mount that stopped answering (``reason="dead"``: its FUSE
-            process died); remount with ``colabkit.mount(force=True)``.
+            process died; ``"hung"``: no answer within the probe's deadline) or is not mounted (after
+            ``flush()``); remount with ``colabkit.mount(force=True)``.
 
     Examples:
         >>> print(colabkit.runs("test"))
@@ -269,11 +368,14 @@ def runs(project: Any = None, *, log_dir: str = "runs") -> RunList:
         RunInfo(name='20250101-120000-train', path='/content/drive/MyDrive/test/runs/20250101-120000-train', status='finished', ...)
     """
     base = _project_path(project)
+    _drive.require_mounted(base, purpose="list the runs")  # a hung Drive says so within seconds, never blocks
     if not _is_dir(base):
         raise ProjectNotFound(
             f"No project folder at {base}",
-            "Pass the project folder that holds the runs folder, e.g. "
-            "colabkit.runs('/content/drive/MyDrive/test'), or `colabkit runs PATH` in a terminal.",
+            "Pass the project folder that holds the runs folder: its name on Drive (colabkit.runs('test')) or "
+            "its full path, or `colabkit runs PATH` in a terminal.",
+            cli_hint="Pass the project folder that holds the runs folder: its name on Drive (colabkit runs test) "
+            "or its full path.",
             path=base,
         )
     folder = base / log_dir

@@ -13,8 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import _display, _procs
+from . import _display, _procs, _runtime
 from ._stats import BASELINE, NEW_PIDS, PID, Accumulator, Sample, Stats, method_rank
+from .errors import NO_GPU, no_gpu_note
 
 __all__ = ["MIN_INTERVAL", "Monitor", "Sampler", "default_source", "monitor"]
 
@@ -104,6 +105,8 @@ class Sampler:
         self._csv_flushed = -math.inf
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.ranks: Any = None  # a torchrun run's per-rank peaks (``_ranks.RankPeaks``), fed at each sample
+        self._gpu_pids: dict[int, int | None] = {}  # pid -> GPU bytes NVML listed at the last sample
         self.error: BaseException | None = None  # what stopped the thread, if anything did
         self.csv_error: OSError | None = None  # why metrics.csv stopped being written, if it did
         if pid is not None:
@@ -142,6 +145,7 @@ class Sampler:
         if self.gpu_count == 0:
             return None, None
         procs = [p for i in range(self.gpu_count) for p in self._processes(i)]
+        self._gpu_pids = dict(procs)
         # NVML gives None for usedGpuMemory it may not show (containers, no permission): a pid that
         # matches with no byte count proves nothing about how much the child holds
         if tree_pids:
@@ -172,6 +176,8 @@ class Sampler:
             tree_pids, rss = self._tree.read(now)
         used = [r[0] for r in reads]
         child, method = self._attribute(used, tree_pids)
+        if self.ranks is not None and tree_pids:
+            self.ranks.add(tree_pids, self._gpu_pids)
         sample = Sample(
             t=now - self._t0,
             used=tuple(used),
@@ -279,6 +285,12 @@ class Sampler:
     def running(self) -> bool:
         return self._thread is not None
 
+    @property
+    def started_at(self) -> float:
+        """When sampling began, on the sampler's clock (``time.monotonic()`` unless a test gave another):
+        a sample's ``t`` is seconds after it."""
+        return self._t0
+
     # -- results ------------------------------------------------------------------------------------
     @property
     def samples(self) -> tuple[Sample, ...]:
@@ -289,6 +301,11 @@ class Sampler:
     def latest(self) -> Sample | None:
         with self._lock:
             return self._buffer[-1] if self._buffer else None
+
+    def peaks(self) -> list[int | None]:
+        """Each GPU's highest memory used so far (the status line's one line per GPU)."""
+        with self._lock:
+            return [a.peak for a in self._acc]
 
     def peak_used(self) -> int | None:
         """Highest device memory used so far on any GPU (cheap: for the live status line)."""
@@ -308,7 +325,9 @@ class Sampler:
                 child_peak_gpu_bytes=self._child_peak.get(method) if method else None,
                 attribution=method,
                 child_peak_rss_bytes=self._rss_peak,
+                child_ram_kind=self._tree.kind if self._tree is not None else None,
                 pid_bytes_hidden=self._pid_bytes_hidden,
+                ranks=self.ranks.stats() if self.ranks is not None else (),
             )
 
 
@@ -381,7 +400,8 @@ def monitor(
     """
     sampler = Sampler(source, interval=interval, pid=os.getpid(), csv_path=csv_path)
     if sampler.gpu_count == 0:
-        _display.note("colabkit.monitor: no NVIDIA GPU visible (NVML found none); tracking RAM and time only")
+        rt = _runtime.detect_runtime()
+        _display.note_once(NO_GPU, f"colabkit: {no_gpu_note(rt.kind, tpu=rt.tpu)}")
     sampler.capture_baseline()
     handle = Monitor(sampler)
     sampler.start()

@@ -17,6 +17,7 @@ from .errors import ColabkitError, ColabkitWarning
 __all__ = [
     "ShownOnce",
     "failed_setup",
+    "not_finished_error",
     "setup_failed",
     "setup_finished",
     "shell",

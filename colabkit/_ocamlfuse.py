@@ -249,6 +249,9 @@ def mount(
 ) -> Mount:
     """Mount My Drive at ``point`` with google-drive-ocamlfuse; a live mount there is returned as it is.
 
+    A dead mount is remounted in the same call and a hung one reported (restarted with ``force=True``); the
+    working directory steps out of the mount and back into the same folder, as for ``drive``.
+
     Called by ``colabkit.mount("ocamlfuse", ...)``, which holds the defaults; the sign-in arguments
     passed as None are read from ``$COLABKIT_OCAMLFUSE_SERVICE_ACCOUNT``, ``$COLABKIT_OCAMLFUSE_STATE_DIR``,
     ``$COLABKIT_OCAMLFUSE_CLIENT_ID`` and ``$COLABKIT_OCAMLFUSE_LABEL`` (default ``default``).
@@ -257,7 +260,7 @@ def mount(
         point: The absolute mountpoint; it must be empty.
         readonly: Mount read-only (``-o ro``).
         force: Unmount and mount again even if a live mount is there.
-        timeout: Seconds to wait for the tool (and for the sign-in prompt).
+        timeout: Seconds for the whole call: the sign-in prompt and the mount.
         service_account: A service account key file (JSON).
         state_dir: A ``~/.gdfuse/<label>/`` folder authorized once on a machine with a browser; it is
             copied to ``~/.gdfuse/<label>/`` here, private to you.
@@ -273,28 +276,17 @@ def mount(
             here), ``no_auth`` (no credentials, or a key/state folder that is not there or cannot be
             copied), ``auth`` (sign-in refused), ``not_empty``, ``busy`` (another file system there),
             ``readonly`` (a live mount is read-write and read-only was asked, or the reverse), ``timeout``
-            (the tool hung), ``failed``.
+            (the tool hung), ``hung`` (a mount that does not answer; pass force=True), ``failed``.
 
     Examples:
         >>> colabkit.mount("ocamlfuse", service_account="key.json")  # calls this
         Mount(method='ocamlfuse', mountpoint='/content/gdrive', root='/content/gdrive')
     """
-    service_account = service_account or os.environ.get("COLABKIT_OCAMLFUSE_SERVICE_ACCOUNT")
-    state_dir = state_dir or os.environ.get("COLABKIT_OCAMLFUSE_STATE_DIR")
-    client_id = client_id or os.environ.get("COLABKIT_OCAMLFUSE_CLIENT_ID")
-    label = label or os.environ.get("COLABKIT_OCAMLFUSE_LABEL") or "default"
+    from . import _remount
+
+    deadline = time.monotonic() + timeout
     entry = _mounts.entry(point)
-    if entry is not None and entry.fstype == OCAMLFUSE_FSTYPE:
-        dead = _mounts.is_dead(point)
-        if not dead and not force:
-            _mounts.check_readonly(point, "ocamlfuse", entry.readonly, readonly)
-            return Mount("ocamlfuse", point, point, entry.readonly)
-        if dead:
-            log.warning(
-                "ocamlfuse mount at %s is dead (Transport endpoint is not connected): remounting", point
-            )
-        _mounts.unmount(point)
-    elif entry is not None:
+    if entry is not None and entry.fstype != OCAMLFUSE_FSTYPE:
         raise MountError(
             f"{point} is already a mount point of another file system ({entry.fstype})",
             f"Unmount it first (fusermount3 -u {point}) or pass another mountpoint.",
@@ -302,6 +294,51 @@ def mount(
             method="ocamlfuse",
             reason="busy",
         )
+    args = (point, readonly, timeout, deadline, service_account, state_dir, client_id, label)
+    if entry is None:
+        return _mount_fresh(*args)
+    state = _mounts.health(point).state
+    current = Mount("ocamlfuse", point, point, entry.readonly)
+    if state == "live" and not force:
+        _mounts.check_readonly(point, "ocamlfuse", entry.readonly, readonly)
+        return current
+    if state == "hung" and not force:
+        raise _remount.hung_error(current, "colabkit cannot use it")
+    if state != "live":
+        log.warning("ocamlfuse mount at %s is %s: remounting", point, state)
+    with _remount.stepped_out(point) as back:
+        remounted = False
+        try:
+            if state == "live":
+                others = _remount.others_holding(point)
+                if others:
+                    raise _remount.busy_error(point, "ocamlfuse", others)
+                _mounts.unmount(point)
+            else:
+                _remount.clear(point, state, "ocamlfuse")
+            result = _mount_fresh(*args)
+            remounted = True
+        finally:
+            back(quiet=not remounted)
+    _remount.restore_imports(point)
+    return result
+
+
+def _mount_fresh(
+    point: Path,
+    readonly: bool,
+    timeout: float,
+    deadline: float,
+    service_account: str | os.PathLike[str] | None,
+    state_dir: str | os.PathLike[str] | None,
+    client_id: str | None,
+    label: str | None,
+) -> Mount:
+    """Sign in and mount at ``point``, where nothing is mounted, within ``timeout`` s in all (by ``deadline``)."""
+    service_account = service_account or os.environ.get("COLABKIT_OCAMLFUSE_SERVICE_ACCOUNT")
+    state_dir = state_dir or os.environ.get("COLABKIT_OCAMLFUSE_STATE_DIR")
+    client_id = client_id or os.environ.get("COLABKIT_OCAMLFUSE_CLIENT_ID")
+    label = label or os.environ.get("COLABKIT_OCAMLFUSE_LABEL") or "default"
     if point.is_dir() and any(point.iterdir()):
         raise _mounts.not_empty(point, "ocamlfuse")
     exe = _ensure_ocamlfuse()
@@ -332,7 +369,7 @@ def mount(
         _copy_state(source, label_dir, label)
     elif client_id:
         _private_dir(label_dir)
-        _headless_auth(exe, client_id, label, label_dir, timeout)
+        _headless_auth(exe, client_id, label, label_dir, max(1.0, deadline - time.monotonic()))
     elif not (label_dir / "state").is_file():
         raise MountError(
             f"google-drive-ocamlfuse has no credentials for label {label!r} (~/.gdfuse/{label}/ is empty)",
@@ -348,7 +385,7 @@ def mount(
             args + [str(point)],
             capture_output=True,
             text=True,
-            timeout=timeout,
+            timeout=max(0.1, deadline - time.monotonic()),
             stdin=subprocess.DEVNULL,
             env=_tool_env(),
         )

@@ -1,4 +1,9 @@
-"""Recognise a CUDA out-of-memory crash in a child's stderr (PyTorch, TensorFlow, JAX) and say what to do."""
+"""Recognise a CUDA out-of-memory crash in a child's output (PyTorch, TensorFlow, JAX) and say what to do.
+
+The diagnosis comes from the failure itself: :func:`failure_text` picks the final traceback (with the
+exceptions chained to it) out of the last lines, so an out-of-memory error the script caught and
+recovered from earlier never turns an unrelated crash into ``CudaOutOfMemory``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import re
 
 from . import _format
 
-__all__ = ["advice", "detect", "message", "tried_bytes"]
+__all__ = ["advice", "detect", "failure_text", "message", "tried_bytes"]
 
 # (framework, pattern) in the wording each framework prints
 _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -25,8 +30,41 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ),
     ("jax", re.compile(r"RESOURCE_EXHAUSTED: Out of memory")),
 )
+_START = re.compile(r"^(?:Traceback \(most recent call last\):|terminate called after throwing)")
+_CHAINED = (
+    "During handling of the above exception, another exception occurred:",
+    "The above exception was the direct cause of the following exception:",
+)
+_LAST_LINES = 5  # without a traceback, the failure is what the process said last
 _TRIED = re.compile(r"Tried to allocate (\d+(?:\.\d+)?) (B|KiB|MiB|GiB|TiB)")
 _UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4}
+
+
+def failure_text(lines: tuple[str, ...] | list[str]) -> str:
+    """The failure at the end of ``lines``: the last traceback (a C++ ``terminate called after throwing``
+    counts as one) together with the exceptions chained before it; without one, the last few lines."""
+    start = None
+    for i in range(len(lines) - 1, -1, -1):
+        if _START.match(lines[i]):
+            start = i
+            break
+    if start is None:
+        return "\n".join(lines[-_LAST_LINES:])
+    while True:  # walk back over "During handling of the above exception ..." to the first of the chain
+        j = start - 1
+        while j >= 0 and not lines[j].strip():
+            j -= 1
+        if j < 0 or lines[j].strip() not in _CHAINED:
+            break
+        earlier = None
+        for k in range(j - 1, -1, -1):
+            if _START.match(lines[k]):
+                earlier = k
+                break
+        if earlier is None:
+            break
+        start = earlier
+    return "\n".join(lines[start:])
 
 
 def detect(text: str) -> str | None:

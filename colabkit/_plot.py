@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._notebook import ShownOnce
 from ._stats import Sample
 
-__all__ = ["Chart", "Series", "draw", "layout", "unit_for"]
+__all__ = ["Chart", "Marker", "PlotFile", "Series", "draw", "layout", "unit_for"]
 
 _UNITS = (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024), ("B", 1))
 
@@ -28,6 +30,7 @@ class Series:
     label: str
     values: tuple[float | None, ...]
     style: str = "-"
+    times: tuple[float, ...] | None = None  # its own x values (seconds), when not the chart's
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,16 @@ class Panel:
 
 
 @dataclass(frozen=True)
+class Marker:
+    """A moment on the time axis (seconds): a checkpoint, the OOM, a creep warning; with ``end``, a stretch (a gap)."""
+
+    t: float
+    label: str
+    kind: str = "event"  # "checkpoint" | "oom" | "creep" | "gap" | "event"
+    end: float | None = None
+
+
+@dataclass(frozen=True)
 class Chart:
     """What the figure shows: the times, its panels, the title and a note (why a panel is missing)."""
 
@@ -49,6 +62,7 @@ class Chart:
     title: str
     note: str | None = None
     gpus: int = 0
+    markers: tuple[Marker, ...] = ()
 
 
 def _scaled(values: list[int | None], size: int) -> tuple[float | None, ...]:
@@ -92,6 +106,25 @@ def layout(samples: tuple[Sample, ...], title: str) -> Chart:
     )
 
 
+class PlotFile(ShownOnce, type(Path())):  # type: ignore[misc]  # PosixPath here; WindowsPath would do too
+    """The path of a drawn PNG: a path everywhere, shown as the image in a notebook (not as ``PosixPath(...)``).
+
+    As a cell's last line it shows nothing more when the call that drew it already showed the image.
+    """
+
+    def with_segments(self, *segments: str | os.PathLike[str]) -> Path:  # Python 3.12+: paths made from it are plain
+        return Path(*segments)
+
+    def _bundle(self) -> dict[str, str]:
+        import base64
+
+        try:
+            png = self.read_bytes()
+        except OSError:  # moved or deleted since: the path is all there is to show
+            return {"text/plain": str(self)}
+        return {"image/png": base64.b64encode(png).decode("ascii"), "text/plain": str(self)}
+
+
 def draw(samples: tuple[Sample, ...], out: Path, title: str) -> None:
     """Render :func:`layout` of ``samples`` to the PNG ``out``.
 
@@ -106,7 +139,13 @@ def draw(samples: tuple[Sample, ...], out: Path, title: str) -> None:
     nan = float("nan")
     for ax, panel in zip(axes, chart.panels, strict=True):
         for line in panel.series:
-            ax.plot(chart.times, [nan if v is None else v for v in line.values], line.style, label=line.label)
+            xs = line.times if line.times is not None else chart.times
+            ax.plot(xs, [nan if v is None else v for v in line.values], line.style, label=line.label)
+        for m in chart.markers:
+            if m.end is not None:
+                ax.axvspan(m.t, m.end, color="grey", alpha=0.15, linewidth=0)
+            else:
+                ax.axvline(m.t, linestyle=":", linewidth=0.9, color="red" if m.kind == "oom" else "dimgrey")
         for y in panel.hlines:
             ax.axhline(y, linestyle="--", linewidth=0.8, color="grey")
         ax.set_ylabel(panel.ylabel)

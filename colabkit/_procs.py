@@ -6,6 +6,7 @@ process is never mistaken for the one colabkit started.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any, NamedTuple
 
@@ -21,8 +22,11 @@ __all__ = [
     "group_members",
     "host_memory",
     "protected_pids",
+    "scan",
     "stat",
+    "tree_of",
     "tree_rss",
+    "used_memory",
 ]
 
 CREATE_TIME_TOLERANCE_S = 0.05  # psutil's create_time of one process is stable to well under this
@@ -65,8 +69,8 @@ def alive(pid: Any, create_time: Any = None) -> bool:
     """True when a process with this pid exists and, if ``create_time`` is a number, started then.
 
     The create time (psutil's ``Process.create_time()``, recorded when the process started) tells a
-    recycled pid from the original; without it any process with the pid counts. A process we may not
-    signal or look at counts as alive.
+    recycled pid from the original; without it any process with the pid counts. A zombie (exited, not
+    reaped) is not alive; a process we may not signal or look at counts as alive.
 
     Args:
         pid: The process id; anything but a positive int is no process.
@@ -88,6 +92,9 @@ def alive(pid: Any, create_time: Any = None) -> bool:
         return False
     except PermissionError:  # exists, but is not ours
         pass
+    found = stat(pid)
+    if found is not None and found.state == "Z":  # exited, not yet reaped (its parent died: nobody may ever)
+        return False
     if not isinstance(create_time, (int, float)) or isinstance(create_time, bool):
         return True
     import psutil
@@ -128,6 +135,70 @@ def descendants(pid: int) -> dict[int, float]:
     return found
 
 
+def scan() -> dict[int, ProcStat]:
+    """Every live (non-zombie) process with its stat fields, from one pass over ``/proc`` (empty without it)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return {}
+    found = {}
+    for entry in entries:
+        if entry.isdigit():
+            st = stat(entry)
+            if st is not None and st.state not in ("Z", "X"):
+                found[int(entry)] = st
+    return found
+
+
+def tree_of(root: int, procs: dict[int, ProcStat] | None = None) -> dict[int, ProcStat]:
+    """The live descendants of ``root`` (not ``root`` itself), from one :func:`scan` (or the one given)."""
+    procs = scan() if procs is None else procs
+    kids: dict[int, list[int]] = {}
+    for pid, st in procs.items():
+        kids.setdefault(st.ppid, []).append(pid)
+    found: dict[int, ProcStat] = {}
+    todo = [root]
+    while todo:
+        for kid in kids.get(todo.pop(), ()):
+            if kid not in found:
+                found[kid] = procs[kid]
+                todo.append(kid)
+    return found
+
+
+RUN_ID_ENV = "COLABKIT_RUN_ID"  # in every run's environment: its run folder's name (see marked)
+
+
+def marked(name: str) -> dict[str, list[int]]:
+    """Live (non-zombie) processes by the value of ``name`` in their environment: they carry it from the process
+    that started them, also after a double fork and ``setsid`` took them out of its tree and its group
+    (``/proc/<pid>/environ`` is the environment a process started with). One pass over ``/proc``."""
+    key = name.encode() + b"="
+    found: dict[str, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                data = fh.read()
+        except OSError:  # gone, or another user's
+            continue
+        at = data.find(b"\0" + key)
+        if at < 0 and not data.startswith(key):
+            continue
+        start = (at + 1 if at >= 0 else 0) + len(key)
+        end = data.find(b"\0", start)
+        value = data[start : end if end >= 0 else len(data)].decode(errors="replace")
+        st = stat(entry)
+        if st is not None and st.state != "Z":
+            found.setdefault(value, []).append(int(entry))
+    return found
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes whose process group is ``pgid``."""
     try:
@@ -160,45 +231,78 @@ def protected_pids() -> set[int]:
     return pids
 
 
-class TreeMemory:
-    """The resident memory of a process and its descendants, re-walking the tree only every ``refresh_s``.
+def used_memory(pid: int) -> tuple[int, str] | None:
+    """The memory ``pid`` really uses, in bytes, and how it was counted: ``"pss"`` or ``"rss"``.
 
-    A psutil walk of a tree costs ~1.6 ms: cheap once a few seconds, not at every sample.
+    PSS (``/proc/<pid>/smaps_rollup``, Linux 4.14+) counts a page shared by n processes as 1/n in each, so
+    the sum over a tree (a DataLoader's forked workers share the parent's pages) is what the tree uses;
+    RSS counts such a page in full in every process. RSS is the fallback where PSS cannot be read.
+    ``None`` when the process is gone.
+    """
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024, "pss"
+        return None  # readable but empty: a zombie, no memory of its own any more
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:  # the process exited (its memory is gone): statm would say 0 by RSS
+            return None
+    except (ValueError, IndexError):
+        pass
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"), "rss"
+    except (OSError, ValueError, IndexError):
+        pass
+    import psutil
+
+    try:
+        return int(psutil.Process(pid).memory_info().rss), "rss"
+    except psutil.Error:
+        return None
+
+
+class TreeMemory:
+    """The memory a process and its descendants use, re-walking the tree only every ``refresh_s``.
+
+    Counted by PSS where ``/proc`` gives it (see :func:`used_memory`); ``kind`` says how the last reading
+    was counted: ``"pss"``, ``"rss"``, or ``"pss+rss"`` when some processes could only be read by RSS.
+    A psutil walk of a tree costs ~1.6 ms: cheap once a few seconds, not at every sample. Until the next
+    walk, workers forked since are missing, and with them their share of the pages they took over (PSS
+    can read low for up to ``refresh_s``; a DataLoader's workers live far longer).
     """
 
     def __init__(self, pid: int, refresh_s: float) -> None:
         self.pid = pid
         self.refresh_s = refresh_s
-        self._procs: list[Any] = []
+        self._pids: list[int] = []
         self._next_walk = float("-inf")
+        self.kind: str | None = None
 
     def read(self, now: float) -> tuple[set[int], int | None]:
-        """PIDs of the tree and the sum of their resident memory (``None`` once the tree is gone)."""
-        import psutil
-
+        """PIDs of the tree and the sum of the memory they use (``None`` once the tree is gone)."""
         if now >= self._next_walk:
-            try:
-                root = psutil.Process(self.pid)
-                self._procs = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                self._procs = []
+            self._pids = [self.pid, *descendants(self.pid)] if alive(self.pid) else []
             self._next_walk = now + self.refresh_s
         pids: set[int] = set()
-        rss = 0
-        alive_procs = []
-        for proc in self._procs:
-            try:
-                rss += proc.memory_info().rss
-            except psutil.Error:
+        total = 0
+        kinds = set()
+        for pid in self._pids:
+            got = used_memory(pid)
+            if got is None:
                 continue
-            pids.add(proc.pid)
-            alive_procs.append(proc)
-        self._procs = alive_procs
-        return pids, (rss if alive_procs else None)
+            total += got[0]
+            kinds.add(got[1])
+            pids.add(pid)
+        self._pids = [p for p in self._pids if p in pids]
+        if kinds:  # once the tree is gone, the last reading's kind still says how the peak was counted
+            self.kind = "+".join(sorted(kinds))
+        return pids, (total if pids else None)
 
 
 def tree_rss(pid: int) -> int | None:
-    """Resident memory of ``pid`` and its descendants now, ``None`` when ``pid`` is gone."""
+    """Memory ``pid`` and its descendants use now (PSS where readable, see :class:`TreeMemory`), ``None`` when gone."""
     return TreeMemory(pid, 0.0).read(0.0)[1]
 
 

@@ -20,7 +20,7 @@ from . import _display, _files, _format, _runtime
 from ._mounts import Mount
 from .errors import InstallError, ProjectNotFound
 
-__all__ = ["PREINSTALLED", "Project", "current_project", "locate", "project"]
+__all__ = ["PREINSTALLED", "Project", "current_project", "locate", "note_read_only", "project"]
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +118,38 @@ def locate(name_or_path: str | os.PathLike[str], mount: Mount) -> Path:
     return mount.root / path
 
 
+def _on_kaggle(path: Path, raw: str) -> Path:
+    """A relative project name on Kaggle: ``/kaggle/working/<name>``, a dataset, then a Drive mount if one is live."""
+    from . import _drive, _kaggle
+
+    found = _kaggle.locate(path)
+    if found is not None:
+        return found
+    mount = _drive.find_mount()
+    if mount is not None and mount.method != "local":
+        return locate(path, mount)
+    close = _kaggle.candidates(path.name)
+    hint = (
+        f"Did you mean {' or '.join(repr(c) for c in close)}?"
+        if close
+        else "Add the dataset that holds it to the notebook (Add Input), or put the folder in /kaggle/working."
+    )
+    raise ProjectNotFound(
+        f"project {raw!r} not found in /kaggle/working or /kaggle/input", hint, path=None, candidates=close
+    )
+
+
 def _resolve(name_or_path: str | os.PathLike[str]) -> Path:
+    from . import _drive
+
     raw = os.fspath(name_or_path)
     path = Path(raw).expanduser()
     if path.is_absolute():
         resolved = path
+        _drive.require_mounted(resolved, purpose="open the project")
+    elif _runtime.detect_runtime().is_kaggle:
+        resolved = _on_kaggle(path, raw)
     else:
-        from . import _drive
-
         resolved = locate(path, _drive.find_mount() or _drive.mount())
     if not resolved.exists():
         raise _not_found(resolved, raw)
@@ -172,11 +196,32 @@ def project(
     if not sys.path or sys.path[0] != entry:
         sys.path[:] = [p for p in sys.path if p != entry]
         sys.path.insert(0, entry)
+    from . import _pathguard
+
+    _pathguard.install()  # a project on Drive: its entry is skipped, not fatal, once Drive dies or hangs
+    _pathguard.remember_project(path)
     status, kept = "none", ()
     if (path / "requirements.txt").is_file():
         status, kept = _install(path, keep_preinstalled) if install else ("skipped", ())
     _current = Project(path.name, path, status, kept)
+    note_read_only(path)
     return _current
+
+
+_read_only_said: set[Path] = set()
+
+
+def note_read_only(path: Path) -> None:
+    """On Kaggle, say once that a project in /kaggle/input (read-only) keeps its runs in /kaggle/working."""
+    if path in _read_only_said or not _runtime.detect_runtime().is_kaggle:
+        return
+    from . import _kaggle
+
+    if _kaggle.is_input(path):
+        _read_only_said.add(path)
+        _display.note(
+            f"colabkit: {path} is a read-only Kaggle dataset: runs and checkpoints go to {_kaggle.writable_home(path)}"
+        )
 
 
 # -- requirements ----------------------------------------------------------------------------------
@@ -245,6 +290,37 @@ class _StampFolder:
         return target
 
 
+def _file_id(path: Path, *, follow: bool = True) -> list[int] | None:
+    """(device, inode, mtime in ns) of ``path``: a file made again at the same path differs in them."""
+    try:
+        st = os.stat(path) if follow else os.lstat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino, st.st_mtime_ns]
+
+
+def _interpreter_identity() -> dict[str, object]:
+    """What tells this interpreter's environment from another at the same path.
+
+    The path alone does not: ``python -m venv`` at the same place (after ``rm -rf``) yields the same
+    ``sys.executable`` with none of the packages installed. The link or copy at ``sys.executable``, the
+    ``pyvenv.cfg`` beside it (written when the venv is made) and the real binary behind it do change.
+    """
+    exe = Path(sys.executable)
+    ident: dict[str, object] = {
+        "version": sys.version,
+        "real": os.path.realpath(exe),
+        "link": _file_id(exe, follow=False),
+        "binary": _file_id(exe),
+    }
+    for cfg in (exe.parent / "pyvenv.cfg", exe.parent.parent / "pyvenv.cfg"):
+        found = _file_id(cfg)
+        if found is not None:
+            ident["venv"] = found
+            break
+    return ident
+
+
 def _install(path: Path, keep_preinstalled: bool) -> tuple[str, tuple[str, ...]]:
     """Run pip on requirements.txt unless the stamp says this exact file was installed on this machine.
 
@@ -254,10 +330,12 @@ def _install(path: Path, keep_preinstalled: bool) -> tuple[str, tuple[str, ...]]
     req = path / "requirements.txt"
     text = req.read_text()
     pinned = _installed(PREINSTALLED) if keep_preinstalled else {}
-    # the stamp lives on Drive and outlives the VM: key it to this boot and interpreter too
+    # the stamp lives on Drive and outlives the VM and the venv: key it to this boot and this interpreter's
+    # real identity (a venv deleted and made again at the same path is another environment)
     key = {
         "sha256": hashlib.sha256(req.read_bytes()).hexdigest(),
         "python": sys.executable,
+        "interpreter": _interpreter_identity(),
         "boot_id": _runtime.boot_id(),
         "pinned": pinned,
     }

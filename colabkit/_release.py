@@ -14,7 +14,8 @@ def release() -> None:
     """Flush Drive, then give the Colab runtime back (``google.colab.runtime.unassign``).
 
     The VM is released only after the flush succeeded; if it fails the VM is kept so nothing is lost.
-    Code after this call may not run: the VM is gone.
+    Code after this call may not run: the VM is gone. On Kaggle and elsewhere there is nothing to give back:
+    it says so and returns.
 
     Raises:
         ReleaseError: The flush failed (the VM is kept), or Colab could not unassign the runtime.
@@ -23,6 +24,13 @@ def release() -> None:
         >>> colabkit.release()      # last line of the notebook
     """
     rt = _runtime.detect_runtime()
+    if rt.is_kaggle:
+        _display.show(
+            "colabkit: this is Kaggle: there is nothing to release from here. Stop the session with the power "
+            "button in the notebook editor (or let a committed run end) so it stops counting against the weekly "
+            "GPU quota; /kaggle/working is kept only in a saved version."
+        )
+        return
     if not rt.is_colab:
         _display.show(f"colabkit: this is {rt.describe()}, not Colab: there is no runtime to release.")
         return

@@ -15,7 +15,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from . import _format, _gpu, _procs, _runtime, _torch
+from . import _format, _gpu, _mounts, _procs, _runtime, _torch
+from ._display import html_cell
 from ._format import format_gib
 from ._version import __version__
 from .errors import ColabkitError
@@ -26,7 +27,7 @@ GIB = 1024**3
 _DISK_FAIL_BYTES = 1 * GIB
 _DISK_WARN_BYTES = 5 * GIB
 _VM_WARN_LEFT_S = 3600.0
-_DRIVE_PROBE_TIMEOUT_S = 15.0
+_DRIVE_PROBE_TIMEOUT_S = 5.0  # the test write, after the mount answered a bounded probe
 _TORCH_TIMEOUT_S = 60.0
 # the OAuth client id of the Google Cloud SDK, which the old ocamlfuse recipe borrowed through oauth2client
 _BORROWED_CLIENT_ID = "32555940559.apps.googleusercontent.com"
@@ -51,10 +52,12 @@ def _local_disk() -> Path:
     return content if content.is_dir() else Path.home()
 
 
-def _find_mount() -> Any:
+def _drive_status() -> Any:
+    """``_drive.status()``: the mount and whether it answers, asked with a deadline (a hung DriveFS blocks
+    ``statvfs`` forever)."""
     from . import _drive
 
-    return _drive.find_mount()
+    return _drive.status()
 
 
 def _describe_mount(mount: Any) -> str:
@@ -62,6 +65,18 @@ def _describe_mount(mount: Any) -> str:
     if mount.method == "local":  # a plain folder: nothing is mounted
         return f"local folder {mount.root} (stand-in for Drive, {mode})"
     return f"{mount.root} ({mount.method}, {mode}, mounted at {mount.mountpoint})"
+
+
+def _describe_status(st: Any) -> str | None:
+    """The drive row of info(): the live mount, a broken one with its state, or None when nothing is mounted."""
+    if st is None or st.mount is None:
+        return None
+    where = _describe_mount(st.mount)
+    if st.state == "live":
+        return where
+    said = {"dead": "DEAD ([Errno 107] Transport endpoint is not connected)", "hung": f"HUNG (no answer within "
+            f"{_mounts.PROBE_TIMEOUT_S:g} s)"}.get(st.state, f"ERROR ([Errno {st.errno}])" if st.errno else "ERROR")
+    return f"{where}: {said}; remount with {_REMOUNT}"
 
 
 # --- info ----------------------------------------------------------------------------------------
@@ -83,7 +98,7 @@ class Info:
     disk_path: str | None = None
     disk_free: int | None = None
     disk_total: int | None = None
-    drive: str | None = None  # the live mount, None when Drive is not mounted
+    drive: str | None = None  # the mount (said DEAD or HUNG when it does not answer), None when not mounted
     torch: str | None = None  # None when torch is not installed
     cuda_driver: str | None = None
     uptime_s: float | None = None
@@ -131,11 +146,8 @@ class Info:
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        body = "".join(
-            f"<tr><th style='text-align:left'>{escape(k)}</th><td>{escape(v)}</td></tr>"
-            for k, v in self.rows()
-        )
-        return f"<table><caption>colabkit {escape(__version__)} info</caption>{body}</table>"
+        body = "".join(f"<tr>{html_cell(escape(k), 'th')}{html_cell(escape(v))}</tr>" for k, v in self.rows())
+        return f"<table><caption style='text-align:left'>colabkit {escape(__version__)} info</caption>{body}</table>"
 
 
 def _try(problems: list[str], what: str, fn: Callable[[], Any]) -> Any:
@@ -179,8 +191,13 @@ def info() -> Info:
     ram = _try(problems, "ram", _procs.host_memory)
     disk_path = _local_disk()
     disk = _try(problems, "disk", lambda: shutil.disk_usage(disk_path))
-    mount = _try(problems, "drive", _find_mount)
-    torch = _try(problems, "torch", lambda: _torch.torch_status(timeout=_TORCH_TIMEOUT_S))
+    drive = _try(problems, "drive", _drive_status)
+    broken = _mounts.cwd_problem()
+    if broken is None:
+        torch = _try(problems, "torch", lambda: _torch.torch_status(timeout=_TORCH_TIMEOUT_S))
+    else:  # its child would start in that folder and hang (or fail) on its first import
+        torch = None
+        problems.append(f"torch: not checked: {broken}")
     return Info(
         # the uptime has its own row: not twice
         runtime=dataclasses.replace(rt, uptime_s=None).describe() if rt is not None else "n/a",
@@ -192,7 +209,7 @@ def info() -> Info:
         disk_path=str(disk_path),
         disk_free=disk.free if disk is not None else None,
         disk_total=disk.total if disk is not None else None,
-        drive=_describe_mount(mount) if mount is not None else None,
+        drive=_describe_status(drive),
         torch=torch.describe() if torch is not None else None,
         cuda_driver=next((g.cuda_driver_version for g in gpus if g.cuda_driver_version), None),
         uptime_s=rt.uptime_s if rt is not None else None,
@@ -258,7 +275,7 @@ class Doctor:
         for c in self.checks:
             lines.append(f"  {_LABEL.get(c.status, c.status):<4}  {c.name:<18} {c.detail}")
             if c.fix:
-                lines.append(f"        fix: {c.fix}")
+                lines.append(f"        HINT: {c.fix}")
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -267,12 +284,10 @@ class Doctor:
         rows = []
         for c in self.checks:
             colour = _COLOUR.get(c.status, "inherit")
-            fix = f"<br><i>fix:</i> {escape(c.fix)}" if c.fix else ""
-            rows.append(
-                f"<tr><td style='color:{colour};font-weight:bold'>{escape(_LABEL.get(c.status, c.status))}</td>"
-                f"<th style='text-align:left'>{escape(c.name)}</th><td>{escape(c.detail)}{fix}</td></tr>"
-            )
-        return f"<table><caption>colabkit doctor: {escape(self.summary())}</caption>{''.join(rows)}</table>"
+            fix = f"<div style='max-width:90ch'><i>HINT:</i> {escape(c.fix)}</div>" if c.fix else ""
+            label = html_cell(escape(_LABEL.get(c.status, c.status)), style=f"color:{colour};font-weight:bold")
+            rows.append(f"<tr>{label}{html_cell(escape(c.name), 'th')}{html_cell(escape(c.detail) + fix)}</tr>")
+        return f"<table><caption style='text-align:left'>colabkit doctor: {escape(self.summary())}</caption>{''.join(rows)}</table>"
 
 
 class _Context:
@@ -282,6 +297,7 @@ class _Context:
         self.runtime = _runtime.detect_runtime()
         self.gpus: list[_gpu.GpuInfo] = []
         self.gpu_error: ColabkitError | None = None
+        self.broken_cwd = _mounts.cwd_problem()
 
 
 def _check_gpu(ctx: _Context) -> Check:
@@ -296,12 +312,20 @@ def _check_gpu(ctx: _Context) -> Check:
 
 
 def _check_torch(ctx: _Context) -> Check:
+    if ctx.broken_cwd is not None:
+        return Check(
+            "torch",
+            "warn",
+            f"not checked: {ctx.broken_cwd}, and the check's child process would start there",
+            f"fix the drive check first (remount with {_REMOUNT}), or change to a folder on the local disk "
+            f"({'/content' if ctx.runtime.is_colab else '~'}) and run doctor again",
+        )
     if not ctx.gpus:
         status = _torch.torch_status(timeout=_TORCH_TIMEOUT_S)
         if status is None:
             return Check("torch", "ok", "not installed (nothing to check)")
         return Check(
-            "torch", "warn", f"{status.describe()}; there is no GPU for it", "fix the gpu check first"
+            "torch", "warn", status.describe(), "the gpu check above says how to get a GPU; then run doctor again"
         )
     try:
         status = _gpu.verify_torch(ctx.gpus[0], timeout=_TORCH_TIMEOUT_S)
@@ -327,10 +351,28 @@ def _write_probe(root: Path) -> None:
 
 
 def _check_drive(ctx: _Context) -> Check:
-    mount = _find_mount()
+    st = _drive_status()
+    mount = st.mount if st is not None else None
+    if mount is None and ctx.runtime.is_kaggle:
+        return Check("drive", "ok", "not used on Kaggle: the notebook's files are in /kaggle/working")
     if mount is None:
         return Check("drive", "warn", "Drive is not mounted", _MOUNT_FIX)
     where = _describe_mount(mount)
+    broken = {  # state -> (what, fix)
+        "dead": (
+            "dead ([Errno 107] Transport endpoint is not connected: the Drive client died)",
+            f"remount with {_REMOUNT}; files written before it died may still be in the client's cache",
+        ),
+        "hung": (
+            f"hung (the Drive client did not answer within {_mounts.PROBE_TIMEOUT_S:g} s)",
+            f"wait a minute and run doctor again; if it stays hung, restart it with {_REMOUNT} "
+            "(writes it has not uploaded yet may be lost)",
+        ),
+    }
+    if st.state != "live":
+        said = f"answers with an error{f' ([Errno {st.errno}])' if st.errno else ''}"
+        what, fix = broken.get(st.state, (said, f"remount with {_REMOUNT}"))
+        return Check("drive", "fail", f"{where}: {what}", fix)
     if getattr(mount, "readonly", False):
         return Check(
             "drive",
@@ -347,6 +389,8 @@ def _check_drive(ctx: _Context) -> Check:
         except BaseException as exc:  # reported below
             outcome.append(exc)
 
+    # the mount answered statvfs just now; a write can still hang (a quota, a stuck upload): a thread with a
+    # deadline, which a hung write leaves blocked (it is a daemon and ends when the client answers)
     worker = threading.Thread(target=probe, name="colabkit-doctor-drive", daemon=True)
     worker.start()
     worker.join(_DRIVE_PROBE_TIMEOUT_S)
@@ -484,16 +528,20 @@ def _check_vm_time(ctx: _Context) -> Check:
         )
     detail = (
         f"up {_format.format_duration(rt.uptime_s or 0)} of ~{_format.format_duration(rt.vm_limit_s or 0)}, "
-        f"about {_format.format_duration(left)} left"
+        f"about {_format.format_duration(left)} left" + (f" ({rt.limit_label})" if rt.is_kaggle else "")
     )
     if left < _VM_WARN_LEFT_S:
-        return Check(
-            "vm time",
-            "warn",
-            detail,
-            "the VM ends soon: save checkpoints to Drive now (colabkit.save) and call colabkit.flush()",
-        )
+        fix = "the VM ends soon: save checkpoints to Drive now (colabkit.save) and call colabkit.flush()"
+        if rt.is_kaggle:
+            fix = "the session ends soon: save checkpoints to /kaggle/working now (colabkit.save), then Save Version"
+        return Check("vm time", "warn", detail, fix)
     return Check("vm time", "ok", detail)
+
+
+def _check_secrets(ctx: _Context) -> Check:
+    from . import _secrets
+
+    return Check("secrets", *_secrets.verdict(ctx.runtime))
 
 
 _CHECKS: tuple[tuple[str, Callable[[_Context], Check]], ...] = (
@@ -504,11 +552,15 @@ _CHECKS: tuple[tuple[str, Callable[[_Context], Check]], ...] = (
     ("gpu processes", _check_gpu_processes),
     ("ocamlfuse recipe", _check_ocamlfuse),
     ("vm time", _check_vm_time),
+    ("secrets", _check_secrets),
 )
 
 
 def doctor() -> Doctor:
-    """Check the setup: GPU, torch, Drive, disk, GPU memory holders, old-recipe leftovers, VM time.
+    """Check the setup: GPU, torch, Drive, disk, GPU memory holders, old-recipe leftovers, VM time, secrets.
+
+    The secrets check lists which are set and where from (never a value), and warns about a project
+    ``.env`` that other users may read or that git could commit.
 
     Each check is a probe: one that crashes is reported as failed and the others still run.
 
@@ -520,7 +572,7 @@ def doctor() -> Doctor:
         colabkit doctor: 5 ok, 1 warn, 0 fail
           ok    gpu                Tesla T4, 15.0 GiB (0.3 GiB used), driver 550.54.15, CUDA 12.4, sm 7.5
           WARN  drive              Drive is not mounted
-                fix: mount it: colabkit.mount() in a notebook, `colabkit mount` in a terminal
+                HINT: mount it: colabkit.mount() in a notebook, `colabkit mount` in a terminal
           ...
     """
     try:

@@ -16,11 +16,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from . import _files
-from ._extract import PREFETCH_MAX, WORKERS, Progress, extract_tar, extract_zip, unpacked_size
+from . import _display, _files
+from ._extract import PREFETCH_MAX, WORKERS, Progress, Space, extract_tar, extract_zip, unpacked_size
 from ._format import format_bytes
-from .errors import StageError
+from .errors import MountError, StageError
 
 __all__ = ["stage"]
 
@@ -173,12 +174,15 @@ def _copy_one(src: Path, dst: Path, mtime_ns: int) -> None:
     os.utime(dst, ns=(mtime_ns, mtime_ns))
 
 
-def _copy_direct(folder: Path, entries: list[_Entry], into: Path, progress: bool) -> None:
+def _copy_direct(folder: Path, entries: list[_Entry], into: Path, progress: bool, space: Space | None = None) -> None:
     """Copy file by file, many at once (for a read-only Drive, where no archive can be written)."""
     for e in entries:
         if e.size < 0:
             (into / e.rel).mkdir(parents=True, exist_ok=True)
     files = [e for e in entries if e.size >= 0]
+    if space is not None:
+        for e in files:  # the sizes are known: all of it is checked before the first byte is copied
+            space.take(e.size, e.rel)
     with (
         ThreadPoolExecutor(WORKERS, thread_name_prefix="colabkit-stage") as pool,
         Progress(progress, sum(e.size for e in files), f"copy {folder.name}") as bar,
@@ -234,6 +238,18 @@ def _archive_for(folder: Path, entries: list[_Entry], fingerprint: str, progress
 # ---------------------------------------------------------------------------- the public call
 
 
+def _mount_fault(exc: OSError, source: Path, target: Path) -> None:
+    """When Drive died or hangs under the copy, raise the MountError that says so with the remount fix, from
+    ``exc``; otherwise return (the caller re-raises ``exc``)."""
+    from . import _drive
+
+    try:
+        _drive.require_mounted(source, purpose="stage from it")
+        _drive.require_mounted(target, purpose="stage into it")
+    except MountError as broken:
+        raise broken from exc
+
+
 def _sibling(dest: Path, kind: str) -> Path:
     """``.<dest>.colabkit-partial-<machine>-<pid>`` (or ``-old-``): a temp folder beside ``dest``."""
     return dest.with_name(f".{dest.name}{kind}{_files.machine_tag()}-{os.getpid()}")
@@ -251,19 +267,54 @@ def _clear_leftovers(dest: Path) -> None:
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _listing(folder: Path) -> list[str]:
-    """Every entry under ``folder`` as a POSIX relative path, folders with a trailing ``/``; links not followed."""
-    return sorted(rel + "/" if item.is_dir(follow_symlinks=False) else rel for rel, item in _scan(folder))
+def _record(folder: Path) -> list[list[Any]]:
+    """Every entry under ``folder`` with what tells a changed one cheaply: ``[rel, size, mtime_ns]``; a folder
+    is ``[rel + "/", -1, 0]``. Links are not followed."""
+    out: list[list[Any]] = []
+    for rel, item in _scan(folder):
+        st = item.stat(follow_symlinks=False)
+        out.append([rel + "/", -1, 0] if stat.S_ISDIR(st.st_mode) else [rel, st.st_size, st.st_mtime_ns])
+    out.sort(key=lambda e: e[0])
+    return out
+
+
+def _recorded(target: Path) -> dict[str, tuple[int, int] | None] | None:
+    """What stage() put in ``target`` (rel → size and mtime, ``None`` where an older colabkit kept names only),
+    or None when no list was kept."""
+    data = _files.read_json(target / FILES, object)
+    if isinstance(data, list):  # colabkit before 0.2: names only
+        return {n: None for n in data if isinstance(n, str)}
+    if isinstance(data, dict) and isinstance(data.get("entries"), list):
+        found: dict[str, tuple[int, int] | None] = {}
+        for e in data["entries"]:
+            if isinstance(e, list) and len(e) == 3 and isinstance(e[0], str):
+                found[e[0]] = (int(e[1]), int(e[2]))
+        return found
+    return None
+
+
+def _damage(target: Path, recorded: dict[str, tuple[int, int] | None]) -> tuple[list[str], list[str]]:
+    """Entries of a staged copy that are missing, and files whose size or mtime changed: one lstat each."""
+    missing: list[str] = []
+    changed: list[str] = []
+    for rel, facts in recorded.items():
+        try:
+            st = os.lstat(target / rel.rstrip("/"))
+        except OSError:
+            missing.append(rel)
+            continue
+        if facts is not None and facts[0] >= 0 and (st.st_size, st.st_mtime_ns) != facts:
+            changed.append(rel)
+    return missing, changed
 
 
 def _unknown_entries(target: Path) -> list[str]:
     """Entries in a staged folder that stage() did not put there (a folder counts once, not its contents)."""
-    recorded = _files.read_json(target / FILES, list)
-    known = set(recorded) if recorded is not None else set()
+    known = set(_recorded(target) or ())
     known.update((STAMP, FILES))
     unknown: list[str] = []
     unknown_dirs: set[str] = set()
-    for rel in _listing(target):
+    for rel in sorted(r[0] for r in _record(target)):
         parts = rel.rstrip("/").split("/")
         if any("/".join(parts[:i]) + "/" in unknown_dirs for i in range(1, len(parts))):
             continue  # inside a folder already reported
@@ -274,17 +325,48 @@ def _unknown_entries(target: Path) -> list[str]:
     return unknown
 
 
+def _slack(folder: Path) -> int:
+    """Room left free after staging, for the rest of the VM: 64 MiB, or a twentieth of a smaller disk."""
+    try:
+        total = shutil.disk_usage(folder).total
+    except OSError:
+        return _SLACK_BYTES
+    return min(_SLACK_BYTES, total // 20)
+
+
 def _check_space(src: Path, dest: Path, needed: int) -> None:
     free = _disk_free(dest.parent)
-    if needed + _SLACK_BYTES > free:
+    slack = _slack(dest.parent)
+    if needed + slack > free:
         raise StageError(
             f"Not enough local disk to stage {src}: it needs {format_bytes(needed)}, "
             f"{dest.parent} has {format_bytes(free)} free",
-            f"Free at least {format_bytes(needed + _SLACK_BYTES - free)} on the VM (delete old copies under "
+            f"Free at least {format_bytes(needed + slack - free)} on the VM (delete old copies under "
             f"{dest.parent}), stage a smaller subset, or pass dest= on a disk with more room.",
             needed_bytes=needed,
             free_bytes=free,
         )
+
+
+def _default_target(source: Path) -> Path:
+    """``<root>/<name>``, unless it holds a copy of another source: then ``<root>/<name>-<8 hex of the path>``."""
+    base = _default_root() / _dataset_name(source)
+    if not base.exists() or (base.is_dir() and not any(base.iterdir())):
+        return base
+    stamp = _files.read_json(base / STAMP) if base.is_dir() else None
+    if stamp is not None and stamp.get("source") == str(source):
+        return base
+    return base.with_name(f"{base.name}-{hashlib.sha256(str(source).encode()).hexdigest()[:8]}")
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _kaggle_input(path: Path) -> bool:
+    from . import _kaggle, _runtime
+
+    return _runtime.detect_runtime().is_kaggle and _kaggle.is_input(path)
 
 
 def stage(
@@ -301,40 +383,56 @@ def stage(
     than thousands of small ones. ``.zip``, ``.tar``, ``.tar.gz`` and ``.tgz`` files are extracted
     directly; any other file is copied. Everything lands in a hidden temp folder first and is renamed
     into place, so an interrupted staging never counts as done. A second call with the same source
-    does nothing. When the source changed, the staged folder is replaced, but only if it holds nothing
-    but what ``stage()`` put there (recorded in ``.colabkit-stage-files.json``): files you added to it
-    are never deleted unless you pass ``overwrite=True``.
+    does nothing, after checking (one ``lstat`` per file) that the copy is whole: missing files are staged
+    again, files changed in the copy are reported. When the source changed, the staged folder is replaced,
+    but only if it holds nothing but what ``stage()`` put there (recorded, with sizes and times, in
+    ``.colabkit-stage-files.json``): files you added to it are never deleted unless you pass
+    ``overwrite=True``. The free disk space is checked before the copy starts (as far as the source tells
+    its size) and again before every file is written: a full disk stops the staging with a ``StageError``
+    before the file that does not fit, and nothing half-staged stays. Names are kept as they are.
 
     Args:
-        src: the dataset on Drive, e.g. ``"/content/drive/MyDrive/data/images"`` or ``"images.zip"``.
+        src: the dataset on Drive, e.g. ``"/content/drive/MyDrive/data/images"`` or ``"images.zip"``. A folder
+            under Kaggle's ``/kaggle/input`` is local already: without ``dest`` it is returned as it is.
         dest: the local folder; default ``/content/data/<name>`` on Colab, else
-            ``$COLABKIT_CACHE/data/<name>`` (``~/.cache/colabkit/data/<name>``).
+            ``$COLABKIT_CACHE/data/<name>`` (``~/.cache/colabkit/data/<name>``); when that holds a copy of
+            another source (``train/images`` and ``val/images``), ``<name>-<8 hex digits of the source path>``.
         progress: show a progress bar (only in a notebook or an interactive terminal).
-        overwrite: replace a folder an earlier ``stage()`` made even if files were added to it
-            (they are deleted). A folder ``stage()`` did not make is never replaced.
+        overwrite: stage again from scratch, replacing a folder an earlier ``stage()`` made: a damaged
+            copy is restored, files added to it are deleted, a copy of another source is replaced. A
+            folder ``stage()`` did not make is never replaced.
 
     Returns:
         The local folder holding the dataset.
 
     Raises:
-        StageError: ``src`` is missing, ``dest`` holds other files (a folder ``stage()`` did not make,
-            or files added to a staged folder whose source changed), the local disk is too small
-            (checked before copying; ``needed_bytes`` and ``free_bytes`` say by how much), or an archive
-            member would land outside ``dest``.
+        StageError: ``src`` is missing, ``dest`` holds other files (a folder ``stage()`` did not make, a
+            copy of another source, files changed in the copy, or files added to a staged folder whose
+            source changed), the local disk is too small (``needed_bytes`` and ``free_bytes`` say by how
+            much), or an archive member would land outside ``dest``.
+        MountError: ``src`` or ``dest`` is under a Drive mountpoint that is not mounted, dead or hung.
 
     Examples:
         >>> path = colabkit.stage("/content/drive/MyDrive/data/images")
         >>> path
         PosixPath('/content/data/images')
     """
+    from . import _drive
+
     source = Path(src).expanduser().absolute()
+    _drive.require_mounted(source, purpose="stage from it")
     if not source.exists():
         raise StageError(
             f"Nothing to stage: {source} does not exist",
             "Check the path (Drive folders live under /content/drive/MyDrive/) and mount Drive first "
             "with colabkit.setup() or colabkit.mount().",
         )
-    target = Path(dest).expanduser().absolute() if dest is not None else _default_root() / _dataset_name(source)
+    if dest is None and source.is_dir() and _kaggle_input(source):
+        # a Kaggle dataset is on the machine's own disk already: nothing to copy
+        _display.note(f"colabkit: {source} is a Kaggle dataset on local disk already: using it where it is")
+        return source
+    target = Path(dest).expanduser().absolute() if dest is not None else _default_target(source)
+    _drive.require_mounted(target, purpose="stage into it")
     if target == source or source in target.parents:
         raise StageError(
             f"Cannot stage {source} into itself ({target})",
@@ -345,6 +443,13 @@ def stage(
         raise StageError(
             f"{target} already exists and was not made by colabkit.stage(); refusing to replace it",
             "Pass another dest=, or delete that folder yourself if you no longer need it.",
+        )
+    if stamp is not None and stamp.get("source") != str(source) and not overwrite:
+        raise StageError(
+            f"{target} holds a copy of {stamp.get('source')}, staged earlier, not of {source}; refusing to "
+            "replace it",
+            f"Pass another dest= (or none: stage() picks a folder of its own for {source.name}), or "
+            "overwrite=True to replace that copy.",
         )
 
     kind = _archive_kind(source) if source.is_file() else None
@@ -357,24 +462,38 @@ def stage(
         entries = []
         fingerprint = f"{source.name}\0{st.st_size}\0{st.st_mtime_ns}"
         needed = unpacked_size(source, kind) if kind else st.st_size
-    if stamp and stamp.get("fingerprint") == fingerprint and stamp.get("source") == str(source):
-        log.info("%s is already staged at %s (unchanged)", source, target)
-        return target
+    unchanged = stamp is not None and stamp.get("fingerprint") == fingerprint and stamp.get("source") == str(source)
+    if unchanged and not overwrite:
+        recorded = _recorded(target)
+        missing, changed = _damage(target, recorded) if recorded is not None else ([], [])
+        if changed:
+            raise StageError(
+                f"{target} is a copy of {source} whose files changed since it was staged: {_shown(changed)}; "
+                "refusing to overwrite them",
+                "Pass overwrite=True to restore the copy from the source (the changed files are replaced), or "
+                "pass another dest=.",
+            )
+        if not missing:
+            log.info("%s is already staged at %s (unchanged)", source, target)
+            return target
+        _display.note(
+            f"colabkit: {len(missing)} entries of the staged copy {target} are missing ({_shown(missing)}): "
+            "staging it again"
+        )
     if stamp is not None and not overwrite:
+        why = "it lost files" if unchanged else f"{source} changed"
         if not (target / FILES).is_file():
             raise StageError(
-                f"{target} must be re-staged because {source} changed, but it was staged by an older colabkit "
+                f"{target} must be re-staged because {why}, but it was staged by an older colabkit "
                 "that did not record its files, so files you added to it cannot be told apart",
                 f"Move anything you added out of {target} and pass overwrite=True (everything left in it is "
                 "deleted), or pass another dest=.",
             )
         unknown = _unknown_entries(target)
         if unknown:
-            shown = ", ".join(repr(u) for u in unknown[:5])
-            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             raise StageError(
-                f"{target} must be re-staged because {source} changed, but it holds files stage() did not "
-                f"put there: {shown}{more}; refusing to delete them",
+                f"{target} must be re-staged because {why}, but it holds files stage() did not "
+                f"put there: {_shown(unknown)}; refusing to delete them",
                 f"Move them out of {target}, or pass another dest=, or pass overwrite=True to replace the "
                 "folder and delete them.",
             )
@@ -386,27 +505,36 @@ def stage(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
-        if source.is_dir():
-            archive = _archive_for(source, entries, fingerprint, progress)
-            if archive is not None:
-                extract_tar(archive, partial, progress)
+        space = Space(partial, source, slack=_slack(target.parent))
+        try:
+            if source.is_dir():
+                archive = _archive_for(source, entries, fingerprint, progress)
+                if archive is not None:
+                    extract_tar(archive, partial, progress, space)
+                else:
+                    _copy_direct(source, entries, partial, progress, space)
+            elif kind == ".zip":
+                extract_zip(source, partial, progress, space)
+            elif kind:
+                extract_tar(source, partial, progress, space)
             else:
-                _copy_direct(source, entries, partial, progress)
-        elif kind == ".zip":
-            extract_zip(source, partial, progress)
-        elif kind:
-            extract_tar(source, partial, progress)
-        else:
-            _copy_direct(source.parent, [_Entry(source.name, needed, source.stat().st_mtime_ns)], partial, progress)
-        listing = _listing(partial)  # before the temp file below appears in it
-        _files.write_json(partial / FILES, listing, indent=None)
+                one = [_Entry(source.name, st.st_size, st.st_mtime_ns)]
+                _copy_direct(source.parent, one, partial, progress, space)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(exc, StageError):
+                raise space.error(os.path.basename(exc.filename or "") or "the next file") from exc
+            if not isinstance(exc, StageError):
+                _mount_fault(exc, source, target)
+            raise
+        record = _record(partial)  # before the files below appear in it
+        _files.write_json(partial / FILES, {"schema": 2, "entries": record}, indent=None)
         _files.write_json(
             partial / STAMP,
             {
                 "schema": 2,
                 "source": str(source),
                 "fingerprint": fingerprint,
-                "bytes": needed,
+                "bytes": sum(e[1] for e in record if e[1] > 0),
                 "staged": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
             indent=None,

@@ -1,15 +1,18 @@
 """Processes that earlier runs left alive: finding them, saying so, and ending them on request.
 
-A run's child leads its own process group; its ``summary.json`` records the child's pid and psutil
-create time, the launcher's (the process that called ``run()``) and the machine's boot id. Together
-they name the processes even after a pid is reused: a live process with that pid but another create
-time, or a summary from another boot, is not ours. A group whose launcher is still alive belongs to
-a run in progress elsewhere (another notebook, ``colabkit run`` in a terminal) and is never ended.
+A run's script leads its own process group under the run's supervisor; its ``summary.json`` records the
+script's pid and psutil create time, the supervisor's, the launcher's (the process that called ``run()``)
+and the machine's boot id. Together they name the processes even after a pid is reused: a live process
+with that pid but another create time, or a summary from another boot, is not ours. While the supervisor
+lives, the run's processes are it and its descendants (it adopts whatever leaves the script's tree, a
+``setsid`` daemon too); else the script's group. A run whose launcher is still alive is in progress
+elsewhere (another notebook, ``colabkit run`` in a terminal) and is never ended.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +44,13 @@ def find(runs_root: Path) -> list[StaleProcess]:
     protected = _procs.protected_pids()
     found: list[StaleProcess] = []
     holders: dict[int, int] | None = None
+    seen: list[dict[str, list[int]]] = []
+
+    def marks() -> dict[str, list[int]]:  # one pass over /proc, only when a run's supervisor is gone
+        if not seen:
+            seen.append(_procs.marked(_procs.RUN_ID_ENV))
+        return seen[0]
+
     for summary_path in sorted(runs_root.glob("*/summary.json")):
         try:
             summary = RunSummary.read(summary_path.parent)
@@ -49,19 +59,7 @@ def find(runs_root: Path) -> list[StaleProcess]:
         pid, created = summary.pid, summary.pid_create_time
         if pid is None or created is None or pid <= 1 or (summary.boot_id and boot and summary.boot_id != boot):
             continue
-        try:  # cheap: is there any process in that group at all?
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            continue
-        except OSError:
-            pass
-        if _procs.alive(pid) and not _procs.alive(pid, created):
-            continue  # the leader alive with another start time: the pid was recycled, not ours
-        members = []
-        for member in _procs.group_members(pid):
-            started = _procs.create_time(member)
-            if started is not None and started + _procs.CREATE_TIME_TOLERANCE_S >= created and member not in protected:
-                members.append((member, started))
+        members = _members(summary, summary_path.parent, protected, marks)
         if not members:
             continue
         in_use = summary.launcher_alive()
@@ -80,6 +78,40 @@ def find(runs_root: Path) -> list[StaleProcess]:
                 )
             )
     return found
+
+
+def _members(
+    summary: RunSummary, run_dir: Path, protected: set[int], marks: Callable[[], dict[str, list[int]]]
+) -> list[tuple[int, float]]:
+    """The live processes of an earlier run, with their create times."""
+    pid, created = summary.pid, summary.pid_create_time
+    assert pid is not None and created is not None
+    found: list[int] = []
+    sup = summary.supervisor_pid
+    if sup is not None and sup > 1 and _procs.alive(sup, summary.supervisor_create_time):
+        found = [sup, *_procs.tree_of(sup)]
+    else:
+        # the supervisor was killed too (OOM killer, kill -9): what left the script's tree and group (a setsid
+        # daemon) still carries the run's id in its environment; a run written locally first adds "-<hash>"
+        name = run_dir.name
+        found = [p for value, pids in marks().items() if value == name or value.startswith(name + "-") for p in pids]
+        try:  # cheap: is there any process in that group at all?
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            pass
+        except OSError:
+            found += _procs.group_members(pid)
+        else:
+            if not (_procs.alive(pid) and not _procs.alive(pid, created)):  # else the pid was recycled: not ours
+                found += _procs.group_members(pid)
+        found = sorted(set(found))
+    since = min(created, summary.supervisor_create_time or created)
+    members = []
+    for member in found:
+        started = _procs.create_time(member)
+        if started is not None and started + _procs.CREATE_TIME_TOLERANCE_S >= since and member not in protected:
+            members.append((member, started))
+    return members
 
 
 def _gpu_holders() -> dict[int, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from . import _format
 from ._display import html_pre
@@ -28,7 +29,8 @@ class Sample:
 
     ``t`` is seconds since the sampler started; bytes are ``int``; ``util`` in %, ``temp`` in °C,
     ``power_w`` in W. ``child_gpu_bytes`` is the GPU memory attributed to the watched process tree
-    by ``attribution``; ``child_rss_bytes`` its resident host memory.
+    by ``attribution``; ``child_rss_bytes`` the host memory the tree uses (PSS where ``/proc`` gives it, so
+    pages shared by forked workers count once; RSS otherwise: ``Stats.child_ram_kind`` says which).
     """
 
     t: float
@@ -106,8 +108,10 @@ class Stats:
     devices: tuple[DeviceStats, ...] = ()
     child_peak_gpu_bytes: int | None = None
     attribution: str | None = None
-    child_peak_rss_bytes: int | None = None
+    child_peak_rss_bytes: int | None = None  # the most host memory the tree used (see child_ram_kind)
     pid_bytes_hidden: bool = False  # NVML listed the child's pid but hid its bytes (containers)
+    child_ram_kind: str | None = None  # how RAM was counted: "pss", "rss" or "pss+rss" (see _procs.used_memory)
+    ranks: tuple[Any, ...] = ()  # a torchrun run's ranks: each one's peaks (``_ranks.RankStats``)
 
     @property
     def _top(self) -> DeviceStats | None:
@@ -149,13 +153,14 @@ class Stats:
         top = self._top
         return top.util_p95 if top else None
 
-    def describe(self, *, duration: bool = True) -> str:
-        """One line: duration (unless ``duration=False``), peak/total, headroom, utilisation, child memory."""
+    def describe(self, *, duration: bool = True, no_gpu: bool = True) -> str:
+        """One line: duration (unless ``duration=False``), peak/total, headroom, utilisation, child memory;
+        without a GPU, ``no GPU`` first (unless ``no_gpu=False``: a run said so before it started)."""
         fb = _format.format_bytes
         parts = [f"duration={_format.format_duration(self.duration_s)}"] if duration else []
-        if self.gpu_count == 0:
+        if self.gpu_count == 0 and no_gpu:
             parts.append("no GPU")
-        else:
+        if self.gpu_count:
             parts.append(f"peak={fb(self.peak_used_bytes)}/{fb(self.total_bytes)}")
             parts.append(f"headroom={fb(self.headroom_bytes)}")
             mean = "n/a" if self.util_mean is None else f"{self.util_mean:.0f}%"
@@ -169,7 +174,8 @@ class Stats:
                 )
                 parts.append(f"child {fb(self.child_peak_gpu_bytes)} by {self.attribution}{hidden}")
         if self.child_peak_rss_bytes is not None:
-            parts.append(f"RAM peak {fb(self.child_peak_rss_bytes)}")
+            kind = f" ({self.child_ram_kind.upper()})" if self.child_ram_kind else ""
+            parts.append(f"RAM peak {fb(self.child_peak_rss_bytes)}{kind}")
         return ", ".join(parts)
 
     def __repr__(self) -> str:

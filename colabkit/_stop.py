@@ -1,8 +1,8 @@
 """Ending a run's processes: who they are (``Tree``, ``Pids``) and the one stop sequence, SIGINT → SIGTERM → SIGKILL.
 
-The child of ``run()`` leads its own process group. A descendant that leaves the group (``os.setsid``)
-is still the run's: ``Tree`` records descendants with their create time while they run, so it can
-signal them later without touching a process that merely reused a pid.
+The script of ``run()`` leads its own process group under the run's supervisor, a child subreaper: a
+descendant that leaves the group (``os.setsid``, a double fork) is still the supervisor's descendant,
+and ``Tree`` finds it there when it signals, so none is missed between two looks.
 
 ``Stopper`` is the sequence every ending uses (Stop, timeout, budget, leftovers of a finished script,
 an error inside ``run()``, the stale-process clean-up): each step signals every member and waits until
@@ -63,43 +63,55 @@ class Targets(Protocol):
 
 
 class Tree:
-    """A run's process group, plus the descendants that left it (``os.setsid``) seen while they ran.
+    """A run's processes: the script's process group and every other descendant of the run's supervisor.
 
-    ``walk()`` records every descendant of the child with its create time; a process counts as ours
-    only while that pid still has that create time, so nothing outside the child's tree is touched.
+    ``root`` is the supervisor (``_supervisor``): a child subreaper, so whatever the script leaves behind
+    (a ``setsid`` daemon, a helper started as the script exits) is reparented to it and stays its
+    descendant; ``members()`` and ``signal()`` read that tree from ``/proc`` when they are called, so a
+    process started between two walks is never missed. Without a root (or once the supervisor is gone),
+    the descendants ``walk()`` recorded with their create time stand in: a process counts as ours only
+    while that pid still has that create time, so nothing outside the run is touched.
     """
 
-    def __init__(self, pgid: int) -> None:
+    def __init__(self, pgid: int, root: int | None = None) -> None:
         self.pgid = pgid
+        self.root = root
         self.descendants: dict[int, float] = {}  # pid -> psutil create time
         self._next_walk = -math.inf
 
     def walk(self, now: float | None = None) -> None:
-        """Record the child's descendants; with ``now``, only if ``WALK_S`` passed since the last walk."""
+        """Record the run's descendants; with ``now``, only if ``WALK_S`` passed since the last walk."""
         if now is not None:
             if now < self._next_walk:
                 return
             self._next_walk = now + WALK_S
-        for pid, created in _procs.descendants(self.pgid).items():
+        for pid, created in _procs.descendants(self.root or self.pgid).items():
             self.descendants.setdefault(pid, created)
 
-    def escaped(self) -> list[int]:
-        """Recorded descendants still running outside the group."""
-        pids = []
+    def _live(self) -> dict[int, _procs.ProcStat]:
+        """The run's live processes now: the group, the supervisor's descendants, the recorded escapees."""
+        procs = _procs.scan()
+        found = {pid: st for pid, st in procs.items() if st.pgid == self.pgid}
+        if self.root is not None:
+            found.update(_procs.tree_of(self.root, procs))
         for pid, created in list(self.descendants.items()):
-            st = _procs.stat(pid)
-            if st is None or st.state == "Z" or not _procs.alive(pid, created):
+            st = procs.get(pid)
+            if st is None or not _procs.alive(pid, created):
                 del self.descendants[pid]
-            elif st.pgid != self.pgid:
-                pids.append(pid)
-        return pids
+            else:
+                found[pid] = st
+        return found
+
+    def escaped(self) -> list[int]:
+        """The run's live processes outside the script's group."""
+        return sorted(pid for pid, st in self._live().items() if st.pgid != self.pgid)
 
     def members(self) -> list[int]:
-        """Live processes of the group and escaped descendants."""
-        return _procs.group_members(self.pgid) + self.escaped()
+        """The run's live processes."""
+        return sorted(self._live())
 
     def signal(self, sig: int) -> None:
-        """Send ``sig`` to the group and to every escaped descendant."""
+        """Send ``sig`` to the group and, each once, to every process of the run outside it."""
         signal_group(self.pgid, sig)
         for pid in self.escaped():
             try:
@@ -147,6 +159,8 @@ class Stopper:
         self.step: str | None = None
         self.deadline: float | None = None
         self.survivors: list[int] = []
+        # (step, seconds to the next step) -> True when someone else (the run's supervisor) sends the signal
+        self.on_begin: Callable[[str, float], bool] | None = None
 
     @property
     def started(self) -> bool:
@@ -155,11 +169,11 @@ class Stopper:
     def begin(self, step: str, now: float | None = None, *, until: float | None = None) -> None:
         """Send the signal of ``step`` now; the next step is due at ``until`` (default: this step's wait)."""
         now = self.clock() if now is None else now
-        if self.step is None and isinstance(self.targets, Tree):
-            self.targets.walk()  # a last look for descendants that left the group
         self.step = step
         self.deadline = until if until is not None else now + self.times.after(step)
-        self.targets.signal(dict(STEPS)[step])
+        handed = self.on_begin(step, self.deadline - now) if self.on_begin is not None else False
+        if not handed:
+            self.targets.signal(dict(STEPS)[step])
 
     def poll(self, now: float | None = None) -> str:
         """Move the sequence on: ``"done"`` (nothing left), ``"waiting"``, ``"term"`` or ``"kill"`` (that

@@ -21,6 +21,8 @@ from ._version import __version__
 __all__ = ["main"]
 
 _Handler = Callable[[argparse.Namespace], int]
+TIMED_OUT = 124  # `colabkit run`'s exit status when --timeout or --budget stopped the script, like timeout(1)
+PIPE_CLOSED = 141  # the reader of stdout went away (`colabkit info | head -1`): 128 + SIGPIPE, as cat's
 
 
 # -- info, doctor ----------------------------------------------------------------------------------
@@ -46,7 +48,11 @@ def _configure_mount(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mountpoint", help="where to mount (default depends on the method)")
     parser.add_argument("--readonly", action="store_true", help="mount read-only")
     parser.add_argument("--force", action="store_true", help="remount even if already mounted")
-    parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for Drive (default 120)")
+    parser.add_argument(
+        "--timeout", type=float, default=None,
+        help="seconds for the whole mount, every try included (default: a first try of 120 s and, if it times out, "
+        "one retry of 600 s)",
+    )
     parser.add_argument("--service-account", help="ocamlfuse: service account key file")
     parser.add_argument("--state-dir", help="ocamlfuse: pre-authorized ~/.gdfuse/<label>/ folder to copy")
     parser.add_argument("--client-id", help="ocamlfuse: your own OAuth client id (-headless sign-in)")
@@ -74,11 +80,20 @@ def _mount(args: argparse.Namespace) -> int:
 
 # -- run -------------------------------------------------------------------------------------------
 def _configure_run(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "colabkit's options come before SCRIPT; everything after SCRIPT goes to the script, e.g. "
+        "colabkit run --budget 2h train.py --epochs 3 --lr 3e-4"
+    )
     parser.add_argument("script", help="the Python script to run")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
+    script_args = parser.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
+    script_args.required = False  # with no script, argparse names only what is missing: the script
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between GPU samples (default 1)")
     parser.add_argument("--log-dir", default="runs", help="folder for run folders (default runs)")
-    parser.add_argument("--timeout", type=float, default=None, help="stop the script after this many seconds")
+    parser.add_argument(
+        "--timeout", type=float, default=None,
+        help="seconds after which the script is stopped like Ctrl-C, wherever it is (exit status 124); "
+        "for a run that should save before its time is up, use --budget",
+    )  # fmt: skip
     parser.add_argument("--no-monitor", action="store_true", help="do not sample the GPU")
     parser.add_argument("--raw", action="store_true", help="run python SCRIPT without colabkit's bootstrap")
     parser.add_argument("--kill-stale", action="store_true", help="end processes left alive by earlier runs first")
@@ -86,17 +101,60 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="hand the newest checkpoint to the script ($COLABKIT_RESUME)"
     )
     parser.add_argument(
-        "--resume-arg", default=None, metavar="TEMPLATE", help="also pass it as arguments, e.g. '--resume {path}'"
+        "--resume-arg",
+        default=None,
+        metavar="TEMPLATE",
+        help="also pass it as arguments: '--resume {path}', or '--init_from=resume' (no {path}: the script finds it)",
     )
     parser.add_argument(
-        "--checkpoint-dir", default="checkpoints", help="the script's checkpoint folder (default checkpoints)"
+        "--checkpoint-dir",
+        default=None,
+        help="the script's checkpoint folder (default: its --output_dir/--out_dir/--default_root_dir, else checkpoints)",
     )
     parser.add_argument(
-        "--budget", default=None, help="stop the script after this long: 2h, 90m, 45s, 1h30m or seconds"
+        "--budget",
+        default=None,
+        help="how long the script may run, e.g. 2h, 90m, 45s, 1h30m or seconds: it gets SIGTERM --grace before the "
+        "end to save a checkpoint, SIGKILL at the end (exit status 124); --resume goes on from what it saved",
     )
     parser.add_argument(
         "--grace", default=None, help="seconds between SIGTERM and SIGKILL at the end of the budget (default 60)"
     )
+    history = parser.add_mutually_exclusive_group()
+    history.add_argument(
+        "--memory-history", dest="memory_history", action="store_true", default=None,
+        help="record PyTorch's allocation history: an out-of-memory error names the lines holding the memory "
+        "(default: only for the run after one that ran out of memory without it)",
+    )  # fmt: skip
+    history.add_argument(
+        "--no-memory-history", dest="memory_history", action="store_false",
+        help="never record it, not even after an out-of-memory error",
+    )  # fmt: skip
+    parser.add_argument(
+        "--find-batch", action="store_true",
+        help="first measure the largest --batch-size that fits with short probe runs (the run keeps its arguments)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gpus", type=_gpu_count, default=None, metavar="N",
+        help="start torchrun --standalone with one rank per GPU: a number, or 'all'",
+    )  # fmt: skip
+    parser.add_argument(
+        "--nproc", type=int, default=None, metavar="N", help="start torchrun with N ranks, with or without GPUs (gloo)"
+    )
+    parser.add_argument(
+        "--secret", action="append", default=[], dest="secrets", metavar="NAME",
+        help="put this secret (from Colab's or Kaggle's secrets, the environment or the project's .env) in the "
+        "script's environment, masked in its output; repeat for more",
+    )  # fmt: skip
+
+
+def _gpu_count(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--gpus {text!r}: pass a number of GPUs, or 'all'") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -118,14 +176,26 @@ def _run(args: argparse.Namespace) -> int:
             checkpoint_dir=args.checkpoint_dir,
             budget=args.budget,
             grace=args.grace,
-            check=False,
+            memory_history=args.memory_history,
+            find_batch=args.find_batch,
+            gpus=args.gpus,
+            nproc=args.nproc,
+            secrets=tuple(args.secrets),
+            surface="cli",
         )
-    except ValueError as exc:  # a bad --budget, --grace, --interval or --resume-arg
-        print(f"colabkit run: {exc}", file=sys.stderr)
+    except ValueError as exc:  # a bad --budget, --grace, --interval, --resume-arg, --gpus/--nproc, --find-batch...
+        text = str(exc).replace("gpus=", "--gpus ").replace("nproc=", "--nproc ")
+        print(f"colabkit run: {text}", file=sys.stderr)
         return 2
-    result = execute(spec)
-    if not result.ok:  # the output itself is on screen already: say why it did not finish, and the fix
-        print(f"colabkit run: {result.error().render('cli')}", file=sys.stderr)
+    from .errors import RunFailed
+
+    try:
+        result = execute(spec)
+    except RunFailed as exc:  # the output itself is on screen already: say why it did not finish, and the fix
+        print(f"colabkit run: {exc.render('cli')}", file=sys.stderr)
+        result = exc.result
+    if result.reason in ("timeout", "budget"):
+        return TIMED_OUT  # as timeout(1) does, whatever the script did when it was told to stop
     rc = result.returncode
     if rc is None:
         return 1
@@ -180,7 +250,7 @@ def _watch(args: argparse.Namespace) -> int:
     except Exception:
         count = 0
     if count == 0:  # nothing to watch: say so once instead of every frame
-        raise no_gpu_error("NVML found none")
+        raise no_gpu_error("nothing to watch")
     stop = threading.Event()
     n = 0
     while args.count is None or n < args.count:
@@ -193,6 +263,8 @@ def _watch(args: argparse.Namespace) -> int:
         except Exception:
             ram = None
         _display.frame(_watch_frame(source, processes, ram), first=n == 0)
+        if _display.screen_gone():  # `colabkit watch | head`: nobody reads the frames any more
+            return PIPE_CLOSED
         n += 1
         if args.count is not None and n >= args.count:
             break
@@ -216,6 +288,22 @@ def _runs(args: argparse.Namespace) -> int:
     from ._history import runs
 
     print(runs(args.project, log_dir=args.log_dir).table())
+    return 0
+
+
+def _configure_attach(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "run", nargs="?", default=None, metavar="RUN", help="the run's name as `colabkit runs` lists it (default: the newest running one)"
+    )
+    parser.add_argument("--project", default=None, help="project folder or name on Drive (default: the current directory)")
+    parser.add_argument("--log-dir", default="runs", help="runs folder inside the project (default: runs)")
+    parser.add_argument("--lines", type=int, default=20, help="how many of its last lines to show first (default 20)")
+
+
+def _attach(args: argparse.Namespace) -> int:
+    from ._attach import attach
+
+    attach(args.run, project=args.project, log_dir=args.log_dir, lines=args.lines)  # Ctrl-C detaches: the run goes on
     return 0
 
 
@@ -243,6 +331,7 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], _Hand
     "run": ("run a training script with live output and a GPU memory monitor", _configure_run, _run),
     "watch": ("live GPU view with per-process memory, like nvidia-smi -l", _configure_watch, _watch),
     "runs": ("list the project's runs with status, duration and peak GPU memory", _configure_runs, _runs),
+    "attach": ("show a running run's output and status from where it is now; Ctrl-C detaches", _configure_attach, _attach),
     "demo": ("create a sample project in the local Drive stand-in and train it", _configure_demo, _demo),
 }
 
@@ -307,6 +396,20 @@ def _warnings_as_lines() -> Iterator[None]:
             warnings.showwarning = original
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered would fail again at exit ("Exception ignored ...")."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = _build_parser()
@@ -329,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"colabkit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `colabkit info | head -1`: the reader has what it wanted; stop without a word
+        _quiet_stdout()
+        return PIPE_CLOSED
     except OSError as exc:  # the last resort: one line, not a traceback
         print(f"colabkit {args.command}: {exc}", file=sys.stderr)
         return 1

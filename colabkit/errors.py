@@ -5,6 +5,7 @@ Class tree::
     ColabkitError(Exception)                 message + hint
     ├── GpuError                             NVML or the framework failed on a GPU that exists
     │   ├── NoGpuError(GpuError, RuntimeError)      no usable NVIDIA GPU
+    │   │   └── NotEnoughGpus(NoGpuError)           run(gpus=N) asked for more GPUs than are visible
     │   └── CudaMismatchError(GpuError)             torch's CUDA build does not suit the driver
     ├── MountError(ColabkitError, OSError)   Drive could not be mounted, flushed or used
     ├── ProjectNotFound(ColabkitError, FileNotFoundError)
@@ -12,6 +13,7 @@ Class tree::
     ├── StageError(ColabkitError, OSError)   data could not be staged to local disk
     ├── CheckpointError(ColabkitError, OSError)  a checkpoint could not be written or read
     ├── ScriptNotFound(ColabkitError, FileNotFoundError)  run() was given a script that does not exist
+    ├── SecretNotFound(ColabkitError, KeyError)  a secret asked for is in none of its sources
     ├── RunFailed(ColabkitError)             the training child did not finish
     │   └── CudaOutOfMemory(RunFailed)       ... because it ran out of GPU memory
     └── ReleaseError(ColabkitError)          the runtime could not be given back
@@ -40,10 +42,12 @@ __all__ = [
     "InstallError",
     "MountError",
     "NoGpuError",
+    "NotEnoughGpus",
     "ProjectNotFound",
     "ReleaseError",
     "RunFailed",
     "ScriptNotFound",
+    "SecretNotFound",
     "StageError",
 ]
 
@@ -92,12 +96,12 @@ class ColabkitError(Exception):
         if surface == CLI:
             message = self.cli_message if self.cli_message is not None else message
             hint = self.cli_hint if self.cli_hint is not None else hint
-        if surface == API:
-            message += self._not_on_screen()
+        if surface == NOTEBOOK and self._on_screen() and message.endswith(self._on_screen()):
+            message = message[: -len(self._on_screen())]
         return message if not hint else f"{message}\nHINT: {hint}"
 
-    def _not_on_screen(self) -> str:
-        """What ``str()`` adds to the message that the notebook and the command line have already shown."""
+    def _on_screen(self) -> str:
+        """The end of the message that the cell has already shown (a failing script's last lines)."""
         return ""
 
     def __str__(self) -> str:
@@ -157,6 +161,14 @@ class NoGpuError(GpuError, RuntimeError):
         return cls(message, no_gpu_fix(kind, tpu=tpu), runtime=kind, reason=reason)
 
 
+NO_GPU = "no GPU: running on the CPU, much slower"  # the one wording for "colabkit goes on without a GPU"
+
+
+def no_gpu_note(kind: str, *, tpu: bool = False) -> str:
+    """The one sentence for "no GPU here, going on without": the fact, then the fix for the runtime ``kind``."""
+    return f"{NO_GPU}. {no_gpu_fix(kind, tpu=tpu)}"
+
+
 def no_gpu_fix(kind: str, *, tpu: bool = False) -> str:
     """How to get a GPU on the runtime ``kind``: the one text every "no GPU" message ends with."""
     if kind == "colab":
@@ -167,8 +179,8 @@ def no_gpu_fix(kind: str, *, tpu: bool = False) -> str:
         )
     if kind == "kaggle":
         return (
-            "In the notebook editor open Settings → Accelerator → GPU T4 x2 (GPUs need a phone-verified "
-            "Kaggle account: Settings → Phone verification), then re-run the cell."
+            "In the notebook editor open Settings → Accelerator → GPU T4 x2 (two GPUs; or GPU P100, one; GPUs "
+            "need a phone-verified Kaggle account: Settings → Phone verification), then re-run the cell."
         )
     if tpu:
         return "Start a runtime or machine with an NVIDIA GPU instead of a TPU."
@@ -176,6 +188,53 @@ def no_gpu_fix(kind: str, *, tpu: bool = False) -> str:
         "Install the NVIDIA driver for this machine's GPU and check that `nvidia-smi` lists it; "
         "in a container, start it with GPU access (docker run --gpus all ...)."
     )
+
+
+class NotEnoughGpus(NoGpuError):
+    """``run(gpus=N)`` asked for more GPUs than this machine shows; ``wanted`` and ``visible`` are counts."""
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        wanted: int = 0,
+        visible: int = 0,
+        runtime: str | None = None,
+        cli_message: str | None = None,
+        cli_hint: str | None = None,
+    ) -> None:
+        self.wanted = wanted
+        self.visible = visible
+        super().__init__(message, hint, runtime=runtime, reason="not_enough")
+        self.cli_message, self.cli_hint = cli_message, cli_hint
+
+    @classmethod
+    def asked(cls, wanted: int, visible: int, kind: str) -> NotEnoughGpus:
+        """The error for ``gpus=wanted`` on a machine that shows ``visible`` GPUs, with the fix for ``kind``."""
+        seen = {0: "no GPU", 1: "1 GPU"}.get(visible, f"{visible} GPUs")
+        message = f"gpus={wanted} asks for {wanted} GPUs, but this machine shows {seen}"
+        if kind == "kaggle":
+            fix = (
+                "In the notebook editor open Settings → Accelerator → GPU T4 x2 (the one Kaggle accelerator "
+                "with two GPUs), then re-run the notebook from the top"
+            )
+        elif kind == "colab":
+            fix = "A Colab runtime has one GPU: pass gpus=1 (or nproc=N for N ranks on it), or use Kaggle's GPU T4 x2"
+        else:
+            fix = "Use a machine with that many GPUs"
+        visible_fix = f"; or pass gpus={visible} (gpus='all' takes every visible GPU)" if visible else ""
+        cli = fix.replace("gpus=1", "--gpus 1").replace("nproc=N", "--nproc N")
+        cli_visible = f"; or pass --gpus {visible}" if visible else ""
+        return cls(
+            message,
+            fix + visible_fix + ".",
+            wanted=wanted,
+            visible=visible,
+            runtime=kind,
+            cli_message=message.replace(f"gpus={wanted}", f"--gpus {wanted}"),
+            cli_hint=cli + cli_visible + ".",
+        )
 
 
 class CudaMismatchError(GpuError):
@@ -287,6 +346,29 @@ class ScriptNotFound(ColabkitError, FileNotFoundError):
         return ColabkitError.__str__(self)
 
 
+class SecretNotFound(ColabkitError, KeyError):
+    """The secret ``name`` is in none of the sources colabkit reads; ``tried`` says what each source answered.
+
+    The message names the secret and the sources, never a value.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        name: str = "",
+        tried: tuple[tuple[str, str], ...] = (),
+        cli_hint: str | None = None,
+    ) -> None:
+        self.name = name
+        self.tried = tuple(tried)  # (source, what it answered), in the order asked
+        ColabkitError.__init__(self, message, hint, cli_hint=cli_hint)
+
+    def __str__(self) -> str:  # KeyError would otherwise show the repr of its argument
+        return ColabkitError.__str__(self)
+
+
 class RunFailed(ColabkitError):
     """The training child did not finish: it exited non-zero, or colabkit stopped it (timeout, budget, Stop).
 
@@ -305,12 +387,17 @@ class RunFailed(ColabkitError):
         result: object | None = None,
         cli_message: str | None = None,
         cli_hint: str | None = None,
+        on_screen: str = "",
     ) -> None:
         self.returncode = returncode
         self.stderr_tail = stderr_tail
         self.log_path = str(log_path) if log_path is not None else None
         self.result = result
+        self.on_screen = on_screen  # the end of ``message`` the run's own output already showed (its last lines)
         super().__init__(message, hint, cli_message=cli_message, cli_hint=cli_hint)
+
+    def _on_screen(self) -> str:
+        return getattr(self, "on_screen", "")  # an error pickled before the field existed has none
 
     @classmethod
     def exited(
@@ -318,10 +405,49 @@ class RunFailed(ColabkitError):
     ) -> RunFailed:
         """The script exited non-zero (``ending`` says how: ``exit status 1``, ``signal SIGKILL``)."""
         said = f"; last lines of its output:\n{tail}" if tail else " and wrote no output"
+        if _shows_an_error(tail):
+            fix = f"Fix the error shown above and run again; the full output is in {log_path}"
+        elif tail:
+            fix = (
+                f"Its output shows no error: look for what ends it with {ending} (sys.exit, exit()), then run "
+                f"again; the full output is in {log_path}"
+            )
+        else:
+            fix = f"Run it again with a print at its start to see how far it gets; its log is {log_path}"
         return cls(
             f"{script} exited with {ending}{said}",
-            f"Fix the error shown above and run again; the full output is in {log_path}",
+            fix,
             cli_message=f"{script} exited with {ending}" + ("" if tail else " and wrote no output"),
+            on_screen=said if tail else "",
+            stderr_tail=tail,
+            log_path=log_path,
+            **facts,  # type: ignore[arg-type]
+        )
+
+    @classmethod
+    def rank_failed(
+        cls,
+        script: str,
+        *,
+        rank: int,
+        world: int,
+        ending: str,
+        tail: str,
+        log_path: str | Path,
+        **facts: object,
+    ) -> RunFailed:
+        """One rank of a torchrun run failed first (``ending``: ``exit status 1``); torchrun ended the others.
+
+        ``tail`` holds that rank's own last lines, without the ``[rankN]:`` marks.
+        """
+        head = f"{script}: rank {rank} of {world} exited with {ending}, and torchrun ended the other ranks"
+        said = f"; last lines of rank {rank}:\n{tail}" if tail else f"; rank {rank} wrote no output"
+        return cls(
+            head + said,
+            f"Fix the error rank {rank} shows and run again; every rank's output is in {log_path}, "
+            f"each line marked [rank{rank}]:",
+            cli_message=head + ("" if tail else f"; rank {rank} wrote no output"),
+            on_screen=said if tail else "",
             stderr_tail=tail,
             log_path=log_path,
             **facts,  # type: ignore[arg-type]
@@ -341,15 +467,21 @@ class RunFailed(ColabkitError):
         grace: float | None = None,
         vm_limit: bool = False,
         ending: str = "",
+        limit_label: str | None = None,
         **facts: object,
     ) -> RunFailed:
-        """colabkit stopped the script: ``by`` is ``"timeout"``, ``"interrupt"`` or ``"budget"``."""
+        """colabkit stopped the script: ``by`` is ``"timeout"``, ``"interrupt"`` or ``"budget"``.
+
+        ``limit_label`` names the machine's limit that ended the run before its budget (``vm_limit``):
+        ``the Kaggle session's ~12 h limit``; the Colab VM's ~12 h limit when not given.
+        """
         if by == "budget":
             limit_api = f"budget={format_span(budget)}" if budget is not None else "its budget"
             limit_cli = f"--budget {format_span(budget)}" if budget is not None else "its budget"
             if vm_limit:
-                limit_api = f"the Colab VM's ~12 h limit (before {limit_api})"
-                limit_cli = f"the Colab VM's ~12 h limit (before {limit_cli})"
+                label = limit_label or "the Colab VM's ~12 h limit"
+                limit_api = f"{label} (before {limit_api})"
+                limit_cli = f"{label} (before {limit_cli})"
             head = f"{script} was stopped by {{}} after {duration} ({ending})"
             fix = (
                 "Catch SIGTERM in the script, save a checkpoint and exit 0 within {} (see docs/long-runs.md), "
@@ -375,6 +507,69 @@ class RunFailed(ColabkitError):
             log_path=log_path,
             **facts,  # type: ignore[arg-type]
         )
+
+    @classmethod
+    def saved_at_budget(
+        cls,
+        script: str,
+        duration: str,
+        *,
+        budget: float | None,
+        log_path: str | Path,
+        tail: str = "",
+        limit_label: str | None = None,
+        **facts: object,
+    ) -> RunFailed:
+        """The script exited 0 on the budget's SIGTERM: not a failure of the script, but not the end of its work.
+
+        ``limit_label`` names the machine's limit that came before the budget (``the Kaggle session's ~12 h limit``).
+        """
+        head = f"{script} was stopped by {{}} after {duration}: it exited 0 on SIGTERM, before the end of its work"
+        fix = (
+            "Run it again with {} to go on from its last checkpoint (docs/long-runs.md), or pass a larger {}; "
+            f"the output is in {log_path}"
+        )
+        api, cli = f"budget={format_span(budget)}", f"--budget {format_span(budget)}"
+        if limit_label is not None:
+            api, cli = f"{limit_label} (before {api})", f"{limit_label} (before {cli})"
+        return cls(
+            head.format(api),
+            fix.format("resume=True", "budget="),
+            cli_message=head.format(cli),
+            cli_hint=fix.format("--resume", "--budget"),
+            stderr_tail=tail,
+            log_path=log_path,
+            **facts,  # type: ignore[arg-type]
+        )
+
+    @classmethod
+    def stopped_for_creep(
+        cls, script: str, duration: str, *, saved: str, grew: str, log_path: str | Path, tail: str = "", **facts: object
+    ) -> RunFailed:
+        """GPU memory kept growing and was about to fill the GPU: colabkit sent the budget's SIGTERM early.
+
+        ``saved`` says how the script ended (``it exited 0 on SIGTERM``); ``grew`` how its memory grew.
+        """
+        head = f"{script} was stopped after {duration} before it ran out of GPU memory ({saved})"
+        fix = "Keep numbers, not tensors, from one step to the next, then run again with {}; the output is in " + str(
+            log_path
+        )
+        return cls(
+            f"{head}: {grew}",
+            fix.format("resume=True to go on from the last checkpoint"),
+            cli_message=head,
+            cli_hint=fix.format("--resume"),
+            stderr_tail=tail,
+            log_path=log_path,
+            **facts,  # type: ignore[arg-type]
+        )
+
+
+def _shows_an_error(output: str) -> bool:
+    """Whether a script's last lines show an error (a traceback, ``...Error: ...``, argparse's ``error:``)."""
+    import re
+
+    return bool(re.search(r"Traceback \(most recent call last\)|\b\w*(Error|Exception)\b|\berror\b", output, re.I))
 
 
 class CudaOutOfMemory(RunFailed):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -12,13 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakes.colabvm import FakeVM, forget_fake_colab, make_vm, mounts_under, unmount_under
+from fakes.colabvm import FakeVM, end_vm_processes, forget_fake_colab, make_vm, mounts_under, unmount_under
+from fakes.kagglevm import FakeKaggle, make_kaggle
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKES = Path(__file__).resolve().parent / "fakes"
 
 _DROP_PREFIXES = ("COLABKIT_", "COLAB_", "KAGGLE_", "TPU_", "TBE_")
 _DROP = {"CUDA_VISIBLE_DEVICES", "NO_COLOR", "VERTEX_PRODUCT", "PYTHONSTARTUP", "MPLBACKEND"}
+# secrets colabkit.doctor() looks for by name (_secrets.KNOWN_NAMES): one set on the host must not show in a test
+_DROP |= {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GITHUB_TOKEN",
+          "COMET_API_KEY", "NEPTUNE_API_TOKEN"}  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -46,22 +51,90 @@ def clean_environ(tmp_path, monkeypatch):
     sys.path[:] = path
 
 
+# Tests in these modules describe a machine without PyTorch ("torch  not installed"); CI installs torch's
+# CPU build for the tests that use it, so there it is hidden from them and from the processes they start.
+NO_TORCH_MODULES = {"test_report", "test_cli", "test_import"}
+_TORCH_SPEC = importlib.util.find_spec("torch")  # where torch is installed (not imported)
+TORCH_SITE = (
+    str(Path(_TORCH_SPEC.submodule_search_locations[0]).parent)
+    if _TORCH_SPEC is not None and _TORCH_SPEC.submodule_search_locations
+    else None
+)
+
+
+@pytest.fixture(autouse=True)
+def _hide_torch_where_absent(request, monkeypatch, clean_environ):
+    """torch invisible (as not installed) to the tests of ``NO_TORCH_MODULES`` and their child processes."""
+    if TORCH_SITE is None or request.node.module.__name__.rpartition(".")[2] not in NO_TORCH_MODULES:
+        yield
+        return
+    from fakes.notorch import sitecustomize
+
+    site, before = sitecustomize.hide(TORCH_SITE)
+    monkeypatch.setenv(sitecustomize.ENV, site)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(FAKES / "notorch"), os.environ.get("PYTHONPATH")) if p))
+    try:
+        yield
+    finally:
+        if before is None:
+            sys.path_importer_cache.pop(site, None)
+        else:
+            sys.path_importer_cache[site] = before
+
+
 @pytest.fixture(autouse=True)
 def _forget_mount_and_project(monkeypatch):
     """No Drive mount or open project remembered by an earlier test (only for modules already imported)."""
-    for module, name in (("colabkit._drive", "_active"), ("colabkit._project", "_current")):
+    for module, name in (
+        ("colabkit._drive", "_active"),
+        ("colabkit._project", "_current"),
+        ("colabkit._pathguard", "_project_entry"),
+        ("colabkit._notebook", "_failed_setup"),  # a setup() that failed in an earlier test
+    ):
         if module in sys.modules:
             monkeypatch.setattr(sys.modules[module], name, None)
+    if "colabkit._display" in sys.modules:
+        monkeypatch.setattr(sys.modules["colabkit._display"], "_said", set())  # "no GPU" said by an earlier test
+    if "colabkit._drive" in sys.modules:
+        monkeypatch.setattr(sys.modules["colabkit._drive"], "_known", {})  # mountpoints an earlier test mounted
+    if "colabkit._mounts" in sys.modules:
+        sys.modules["colabkit._mounts"].forget()  # no verdict of an earlier test's mount
+
+
+@pytest.fixture(autouse=True)
+def _forget_secrets_and_front_end():
+    """No secret found and no front end established by an earlier test (only for modules already imported)."""
+
+    def forget() -> None:
+        for module, call in (("colabkit._secrets", "forget"), ("colabkit._runtime", "forget_front_end")):
+            if module in sys.modules:
+                getattr(sys.modules[module], call)()
+
+    forget()
+    yield
+    forget()
 
 
 @pytest.fixture
 def vm(tmp_path, monkeypatch) -> Iterator[FakeVM]:
-    """A fake Colab VM (fakes/colabvm.py); whatever the test mounted under tmp_path is unmounted after."""
+    """A fake Colab VM (fakes/colabvm.py); what its fake google.colab left running is ended and whatever the
+    test mounted under tmp_path is unmounted after."""
     try:
         yield make_vm(tmp_path, monkeypatch)
     finally:
+        end_vm_processes(tmp_path / "vm")
         unmount_under(tmp_path)
         forget_fake_colab()
+
+
+@pytest.fixture
+def kaggle(tmp_path, monkeypatch) -> Iterator[FakeKaggle]:
+    """A fake Kaggle machine (fakes/kagglevm.py): /kaggle/input, /kaggle/working, its variables, its secrets."""
+    try:
+        yield make_kaggle(tmp_path, monkeypatch)
+    finally:
+        forget_fake_colab()
+        sys.modules.pop("kaggle_secrets", None)
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -95,7 +168,12 @@ def no_leaks(tmp_path):
     yield
     leaked_mounts = mounts_under(tmp_path)
     unmount_under(tmp_path)
-    threads = [t.name for t in threading.enumerate() if t.name.startswith("colabkit") and t.is_alive()]
+    # the import guard's lookup thread serves every later import through a Drive folder: it lives with the process
+    threads = [
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith("colabkit") and t.name != "colabkit-import-lookup" and t.is_alive()
+    ]
     children = []
     for child in me.children(recursive=True):
         if child.pid in before:

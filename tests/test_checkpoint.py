@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import re
 import signal
 import socket
@@ -35,11 +37,16 @@ def test_save_latest_load_round_trip(tmp_path):
 def test_keep_prunes_oldest_and_none_keeps_all(tmp_path):
     folder = tmp_path / "ckpt"
     paths = [_checkpoint.save({"step": i}, folder, keep=3) for i in range(5)]
-    assert sorted(p.name for p in folder.iterdir()) == [p.name for p in paths[2:]]
+    assert _visible(folder) == [p.name for p in paths[2:]]
     assert _checkpoint.load(_checkpoint.latest(folder)) == {"step": 4}
     for i in range(3):
         _checkpoint.save({"more": i}, folder, keep=None)
-    assert len(list(folder.iterdir())) == 6
+    assert len(_visible(folder)) == 6
+
+
+def _visible(folder: Path) -> list[str]:
+    """The folder's files, without save()'s own list and lock (hidden files)."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in (_checkpoint.MANIFEST, _checkpoint.LOCK))
 
 
 def test_named_checkpoint_and_bad_arguments(tmp_path):
@@ -65,7 +72,8 @@ def test_unpicklable_object_raises_and_leaves_nothing(tmp_path):
         _checkpoint.save({"fn": lambda: 1}, tmp_path / "ckpt")
     assert "state_dict()" in info.value.hint
     assert info.value.path == str(tmp_path / "ckpt" / "ckpt-000001.pkl")
-    assert list((tmp_path / "ckpt").iterdir()) == []
+    assert _visible(tmp_path / "ckpt") == []
+    assert _checkpoint.save({"step": 1}, tmp_path / "ckpt").name == "ckpt-000001.pkl"  # the number is free again
 
 
 def test_load_errors_name_the_file_and_the_fix(tmp_path):
@@ -81,12 +89,13 @@ def test_load_errors_name_the_file_and_the_fix(tmp_path):
     assert info.value.path == str(broken)
 
 
-def test_readonly_folder_raises_checkpoint_error(tmp_path):
+def test_a_file_where_the_folder_should_be_raises_checkpoint_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(CheckpointError, match="Cannot write checkpoints to") as info:
         _checkpoint.save({}, blocker / "sub")
-    assert "writable Drive" in info.value.hint
+    assert info.value.message.endswith(f": {blocker} is a file, not a folder")
+    assert info.value.hint == f"Save into a folder: pass a path that does not run through the file {blocker}."
 
 
 _KILLED_SAVE = textwrap.dedent(
@@ -114,7 +123,7 @@ def test_save_killed_midway_keeps_previous_checkpoint(tmp_path):
     folder = tmp_path / "ckpt"
     with child_process([sys.executable, str(script), str(folder)], env=child_env()) as child:
         assert child.stdout.readline().strip() == "writing"
-        temps = [p for p in folder.iterdir() if p.name.startswith(".")]
+        temps = [p for p in folder.iterdir() if p.name.startswith(".") and ".tmp-" in p.name]
         assert len(temps) == 1 and temps[0].stat().st_size > 16 << 20  # the big blob is on disk
         child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=10) == -signal.SIGKILL
@@ -123,7 +132,7 @@ def test_save_killed_midway_keeps_previous_checkpoint(tmp_path):
     assert _checkpoint.load(good) == {"step": 1}
     # the next save sweeps the dead writer's temp file away
     assert _checkpoint.save({"step": 2}, folder) == folder / "ckpt-000002.pkl"
-    assert sorted(p.name for p in folder.iterdir()) == ["ckpt-000001.pkl", "ckpt-000002.pkl"]
+    assert _visible(folder) == ["ckpt-000001.pkl", "ckpt-000002.pkl"]
 
 
 def _start_example(tmp_path: Path, *args: str, resume: Path | None = None) -> subprocess.Popen[str]:
@@ -191,7 +200,7 @@ def test_foreign_files_are_never_pruned_nor_returned(tmp_path):
     paths = [_checkpoint.save({"step": i}, folder, keep=2) for i in range(5)]
     (folder / "notes.pkl").write_bytes(b"written after the last save")
     assert _checkpoint.latest(folder) == paths[-1]
-    assert sorted(p.name for p in folder.iterdir()) == [
+    assert _visible(folder) == [
         "ckpt-000004.pkl", "ckpt-000005.pkl", "ckpt-final.pkl", "notes.pkl", "pretrained_resnet50.pt", "vocab.pkl",
     ]
     assert (folder / "pretrained_resnet50.pt").read_bytes() == b"user weights"
@@ -203,7 +212,7 @@ def test_named_checkpoints_are_recorded_never_pruned_and_count_for_latest(tmp_pa
     best = _checkpoint.save({"acc": 0.9}, folder, name="best")
     assert _checkpoint.latest(folder) == best
     manifest = json.loads((folder / _checkpoint.MANIFEST).read_text())
-    assert manifest == {"schema": 1, "named": {"best": "best.pkl"}}
+    assert manifest == {"schema": 2, "named": {"best": "best.pkl"}, "numbered": []}
     for i in range(4):
         newest = _checkpoint.save({"step": i}, folder, keep=1)
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["best.pkl", "ckpt-000004.pkl"]
@@ -264,3 +273,74 @@ def test_temp_names_say_which_machine_wrote_them(tmp_path, monkeypatch):
     _checkpoint.save({"step": 1}, tmp_path)
     m = _files.TEMP.match(seen[0])
     assert m and (m.group("final"), m.group("machine"), int(m.group("pid"))) == ("ckpt-000001.pkl", tag, os.getpid())
+
+
+_SAVER = textwrap.dedent(
+    """
+    import os, sys
+    from colabkit import _checkpoint
+
+    folder, n, go = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    while not os.path.exists(go):  # both start saving at the same moment
+        pass
+    for i in range(n):
+        _checkpoint.save({"pid": os.getpid(), "i": i}, folder, keep=None)
+    """
+)
+
+
+@pytest.mark.parametrize("where", ["local", pytest.param("fuse", marks=pytest.mark.fuse)])
+def test_two_processes_saving_into_one_folder_lose_nothing(tmp_path, where):
+    from fakes.colabvm import bindfs
+
+    script = tmp_path / "saver.py"
+    script.write_text(_SAVER)
+    go = tmp_path / "go"
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    n = 150
+    with contextlib.ExitStack() as stack:
+        root = stack.enter_context(bindfs(backing, tmp_path / "mnt")) if where == "fuse" else backing
+        folder = root / "ckpt"
+        savers = [
+            subprocess.Popen([sys.executable, str(script), str(folder), str(n), str(go)], env=child_env())
+            for _ in range(2)
+        ]
+        try:
+            go.write_text("go")
+            assert [s.wait(timeout=120) for s in savers] == [0, 0]
+        finally:
+            for s in savers:
+                s.kill()
+                s.wait()
+        saved = {(obj["pid"], obj["i"]) for obj in (_checkpoint.load(p) for p in sorted(folder.glob("ckpt-*.pkl")))}
+        manifest = json.loads((folder / _checkpoint.MANIFEST).read_text())
+    assert saved == {(s.pid, i) for s in savers for i in range(n)}  # all 300, none overwritten
+    assert len(manifest["numbered"]) == 2 * n and len(set(manifest["numbered"])) == 2 * n
+
+
+def test_your_own_files_named_like_checkpoints_are_never_pruned(tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "ckpt-001000.pt").write_bytes(b"the user's own weights")
+    (folder / "ckpt-000002.pkl").write_bytes(b"the user's own pickle")
+    paths = [_checkpoint.save({"step": i}, folder, keep=2) for i in range(4)]
+    assert [p.name for p in paths] == ["ckpt-001001.pkl", "ckpt-001002.pkl", "ckpt-001003.pkl", "ckpt-001004.pkl"]
+    assert (folder / "ckpt-001000.pt").read_bytes() == b"the user's own weights"
+    assert (folder / "ckpt-000002.pkl").read_bytes() == b"the user's own pickle"
+    assert _visible(folder) == ["ckpt-000002.pkl", "ckpt-001000.pt", "ckpt-001003.pkl", "ckpt-001004.pkl"]
+    os.utime(folder / "ckpt-001000.pt", ns=(time.time_ns() + 10**9,) * 2)  # newer, but not ours
+    assert _checkpoint.latest(folder) == paths[-1]
+
+
+def test_a_folder_of_an_older_colabkit_still_resumes_but_is_never_pruned(tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    old = folder / "ckpt-000007.pkl"
+    old.write_bytes(pickle.dumps({"step": 7}))
+    (folder / _checkpoint.MANIFEST).write_text('{"schema": 1, "named": {}}')  # before numbered files were listed
+    assert _checkpoint.latest(folder) == old
+    for i in range(3):
+        newest = _checkpoint.save({"step": 8 + i}, folder, keep=1)
+    assert newest.name == "ckpt-000010.pkl" and old.exists()
+    assert _visible(folder) == ["ckpt-000007.pkl", "ckpt-000010.pkl"]

@@ -256,13 +256,15 @@ def test_multiprocessing_spawn_finds_functions_defined_in_the_script(proj):
     assert boot.stdout == "[1, 4, 9]\n"
 
 
-def test_the_watchdog_is_the_one_extra_thread_and_runs_only_as_a_group_leader(proj):
+def test_the_bootstrap_adds_no_thread_and_no_signal_handler(proj):
+    """Promise: ``python -m colabkit._child SCRIPT`` is ``python SCRIPT`` (the supervisor, not a thread, watches the launcher)."""
     script = proj / "threads.py"
-    script.write_text("import threading\nprint(sorted((t.name, t.daemon) for t in threading.enumerate()))\n")
-    plain, boot = both(script, cwd=proj)
-    assert plain.stdout == "[('MainThread', False)]\n"
-    assert boot.stdout == "[('MainThread', False), ('colabkit-watchdog', True)]\n"
-    same_group = subprocess.run(
-        [sys.executable, "-m", "colabkit._child", str(script)], capture_output=True, text=True, timeout=60
+    script.write_text(
+        "import signal, threading\n"
+        "print(sorted((t.name, t.daemon) for t in threading.enumerate()))\n"
+        "print([signal.getsignal(s) is signal.default_int_handler for s in (signal.SIGINT,)])\n"
+        "print([signal.getsignal(s) == signal.SIG_DFL for s in (signal.SIGTERM, signal.SIGHUP)])\n"
     )
-    assert same_group.stdout == plain.stdout  # not leading its own group: the watchdog could end ours
+    plain, boot = both(script, cwd=proj)
+    assert plain.stdout == "[('MainThread', False)]\n[True]\n[True, True]\n"
+    assert boot.stdout == plain.stdout

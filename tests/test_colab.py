@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from fakes.colabvm import forget_fake_colab, make_vm, mount_table, unmount_under, use_fake_colab
+from fakes.colabvm import (
+    end_vm_processes,
+    forget_fake_colab,
+    make_vm,
+    mount_table,
+    unmount_under,
+    use_fake_colab,
+)
 
 from colabkit import _colab
 from colabkit.errors import MountError, ReleaseError
@@ -18,8 +25,12 @@ def fake_colab(monkeypatch):
 
 @pytest.fixture
 def vm(tmp_path, monkeypatch):
-    yield make_vm(tmp_path, monkeypatch)
-    forget_fake_colab()
+    try:
+        yield make_vm(tmp_path, monkeypatch)
+    finally:
+        end_vm_processes(tmp_path / "vm")
+        unmount_under(tmp_path)
+        forget_fake_colab()
 
 
 def _known_failures():

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 
 import pytest
-from fakes.colabvm import forget_fake_colab, kill_fuse, mount_table
+from fakes.colabvm import forget_fake_colab, kill_fuse, mount_table, vm_processes
 
 import colabkit
 from colabkit import _drive, _mounts, cli
@@ -102,23 +103,83 @@ def test_drive_readonly(vm):
     assert info.value.errno == errno.EROFS
 
 
+def test_the_default_plan_is_120_s_then_600_s_and_a_number_bounds_the_whole_call():
+    from colabkit import _remount
+
+    plan = _remount.Attempts(None)
+    first = plan.first_share()
+    assert (plan.drivefs_ms(first), plan.drivefs_ms(plan.total - first)) == (120_000, 600_000)
+    assert plan.total == 730  # each try ends 5 s after DriveFS's own time-out, at the latest
+    small = _remount.Attempts(6)
+    assert small.first_share() == 3 and small.drivefs_ms(3) == 2250
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        _remount.Attempts(0)
+
+
 @pytest.mark.fuse
-def test_timeout_is_retried_once_with_600_s(vm, monkeypatch):
-    monkeypatch.setenv("FAKE_DRIVEFS_ROOT_READ_MS", "300000")
-    m = colabkit.mount()
+def test_timeout_is_retried_once_within_the_budget(vm, monkeypatch):
+    # the first listing of the My Drive root takes 3 s: the first try (DriveFS told 2.25 s) times out, the
+    # retry finds what it had listed in DriveFS's cache and mounts; all within timeout=6
+    monkeypatch.setenv("FAKE_DRIVEFS_ROOT_READ_MS", "3000")
+    started = time.monotonic()
+    m = colabkit.mount(timeout=6)
+    took = time.monotonic() - started
     assert m.method == "drive" and mount_table()[str(vm.mountpoint)] == "fuse.drive"
-    assert [c.split()[-1] for c in _mount_calls(vm)] == ["timeout_ms=120000", "timeout_ms=600000"]
+    calls = _mount_calls(vm)
+    assert len(calls) == 2 and calls[0].endswith("timeout_ms=2250")
+    assert 2.25 < took < 6, took
 
 
 @pytest.mark.fuse
 def test_timeout_twice_gives_advice(vm, monkeypatch):
     monkeypatch.setenv("FAKE_DRIVEFS_ROOT_READ_MS", "900000")
-    with pytest.raises(MountError, match=r"timed out twice .*\(120 s, then 600 s\)") as info:
-        colabkit.mount()
+    started = time.monotonic()
+    with pytest.raises(MountError, match=r"timed out twice \(2.25 s, then 2.\d+ s\) at .* while reading the My Drive root \(timeout=6 s in all\)") as info:
+        colabkit.mount(timeout=6)
+    assert time.monotonic() - started < 6
     assert info.value.reason == "timeout"
     assert "thousands of items" in info.value.hint and "faq.html#drive-timeout" in info.value.hint
+    assert "colabkit.mount(timeout=900)" in info.value.hint
+    assert "colabkit mount --timeout 900" in info.value.render("cli")
     assert len(_mount_calls(vm)) == 2
     assert str(vm.mountpoint) not in mount_table()
+
+
+@pytest.mark.fuse
+def test_timeout_bounds_the_whole_call_and_no_pexpect_text_reaches_the_user(vm, monkeypatch):
+    # a DriveFS that never mounts nor exits: drive.py alone would wait timeout_ms/1000 + 30 s per try,
+    # then raise pexpect's TIMEOUT, whose text is the spawn object's dump
+    monkeypatch.setenv("FAKE_DRIVEFS", "stall")
+    started = time.monotonic()
+    with pytest.raises(MountError) as info:
+        colabkit.mount(timeout=3)
+    took = time.monotonic() - started
+    err = info.value
+    assert took < 5, took
+    assert err.reason == "timeout" and err.method == "drive"
+    assert err.message.startswith("Drive timed out twice (1.12 s, then ") and "before Drive was mounted" in err.message
+    assert "(timeout=3 s in all)" in err.message
+    for text in (str(err), err.render("cli")):
+        assert "pexpect" not in text and "searcher" not in text
+    assert "colabkit.mount(timeout=900)" in err.hint
+    assert vm_processes(vm.sysroot) == {}  # the tries' shells, watcher loops and DriveFS are all gone
+    assert str(vm.mountpoint) not in mount_table()
+
+
+def test_pexpect_timeout_is_the_timeout_error_without_its_dump():
+    from pexpect.exceptions import EOF, TIMEOUT
+
+    from colabkit import _colab
+
+    dump = "Timeout exceeded.\n<pexpect.popen_spawn.PopenSpawn object at 0x7f00>\nsearcher: searcher_re:\n"
+    err = _colab._translate(TIMEOUT(dump), "drive.mount", "/content/drive")
+    assert err.reason == "timeout" and "pexpect" not in str(err)
+    assert err.message == (
+        "Drive did not mount at /content/drive within the time drive.mount allows (its wait for DriveFS ran out)"
+    )
+    assert "colabkit.mount(timeout=900)" in err.hint
+    eof = _colab._translate(EOF(dump), "drive.mount", "/content/drive")
+    assert eof.reason == "failed" and "pexpect" not in str(eof)
 
 
 @pytest.mark.fuse

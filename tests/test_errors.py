@@ -61,6 +61,7 @@ EVERY_ERROR = [
     errors.ColabkitError("m", "h", cli_message="cm", cli_hint="ch"),
     errors.GpuError("m", "h"),
     errors.NoGpuError("m", "h", runtime="colab", reason="no GPU"),
+    errors.NotEnoughGpus("m", "h", wanted=2, visible=1, runtime="kaggle", cli_message="cm", cli_hint="ch"),
     errors.CudaMismatchError("m", "h", torch_version="2.5.1", torch_cuda="12.4", driver_cuda="12.2"),
     errors.MountError("m", "h", mountpoint="/content/drive", method="drive", reason="dead", cli_hint="ch"),
     errors.ProjectNotFound("m", "h", path="/d/MyDrive/tset", candidates=("test",), cli_hint="ch"),
@@ -68,6 +69,7 @@ EVERY_ERROR = [
     errors.StageError("m", "h", needed_bytes=10, free_bytes=5),
     errors.CheckpointError("m", "h", path="/c/ckpt.pt"),
     errors.ScriptNotFound("m", "h", path="/p/t.py", cli_hint="ch"),
+    errors.SecretNotFound("m", "h", name="HF_TOKEN", tried=(("environment", "not set"),), cli_hint="ch"),
     errors.RunFailed("m", "h", returncode=1, stderr_tail="x", log_path="/l", cli_message="cm", cli_hint="ch"),
     errors.CudaOutOfMemory("m", "h", peak_bytes=10, total_bytes=15, returncode=1, stderr_tail="x", log_path="/l"),
     errors.ReleaseError("m", "h"),
@@ -110,3 +112,25 @@ def test_no_gpu_is_said_for_the_runtime(kind, tpu, message, fix_starts):
     exc = errors.NoGpuError.for_runtime("x", kind, tpu=tpu)
     assert (exc.message, exc.runtime, exc.reason) == (message, kind, "x")
     assert exc.hint.startswith(fix_starts) and exc.hint == errors.no_gpu_fix(kind, tpu=tpu)
+
+
+def test_a_failed_script_in_a_notebook_is_not_shown_its_own_last_lines_again():
+    tail = 'Traceback (most recent call last):\n  File "train.py", line 2, in <module>\nValueError: bad label 7'
+    exc = errors.RunFailed.exited("train.py", "exit status 1", tail=tail, log_path="/runs/x/output.log")
+    fix = "HINT: Fix the error shown above and run again; the full output is in /runs/x/output.log"
+    assert exc.render("notebook") == f"train.py exited with exit status 1\n{fix}"  # the cell showed the lines
+    assert str(exc) == f"train.py exited with exit status 1; last lines of its output:\n{tail}\n{fix}"  # a log keeps them
+    assert exc.render("cli") == f"train.py exited with exit status 1\n{fix}"
+
+
+@pytest.mark.parametrize(
+    ("tail", "fix"),
+    [
+        ("usage: train.py [-h]\ntrain.py: error: unrecognized arguments: --lr", "Fix the error shown above and run again"),
+        ("epoch 3 done\nsaved", "Its output shows no error: look for what ends it with exit status 3 (sys.exit, exit())"),
+        ("", "Run it again with a print at its start to see how far it gets; its log is /l"),
+    ],
+)
+def test_fix_the_error_shown_above_only_when_an_error_was_shown(tail, fix):
+    exc = errors.RunFailed.exited("train.py", "exit status 3", tail=tail, log_path="/l")
+    assert exc.hint.startswith(fix)

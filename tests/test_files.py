@@ -108,7 +108,7 @@ def test_remove_abandoned_clears_only_what_nobody_is_writing(tmp_path, live_pid)
     day_ago = time.time() - _files.FOREIGN_TEMP_AGE_S - 60
     gone = tmp_path / f".ckpt.pkl.tmp-{me}-{dead}-0123abcd"  # its writer died on this machine
     running = tmp_path / f".ckpt.pkl.tmp-{me}-{live_pid}-0123abcd"  # its writer is still at it
-    mine = tmp_path / f".ckpt.pkl.tmp-{me}-{os.getpid()}-0123abcd"  # this very process
+    mine = tmp_path / f".ckpt.pkl.tmp-{me}-{os.getpid()}-0123abcd"  # this process, from a write that failed
     # another VM sharing the folder: its writer cannot be asked and may be writing right now
     recent_foreign = tmp_path / f".ckpt.pkl.tmp-othervm_0badf00d-{dead}-0123abcd"
     old_foreign = tmp_path / f".ckpt.pkl.tmp-othervm_0badf00d-{dead}-4567abcd"
@@ -120,9 +120,13 @@ def test_remove_abandoned_clears_only_what_nobody_is_writing(tmp_path, live_pid)
     for p in (old_foreign, old_legacy):
         os.utime(p, (day_ago, day_ago))
 
-    _files.remove_abandoned(tmp_path)
-    assert not gone.exists() and not old_foreign.exists() and not old_legacy.exists()
-    assert running.exists() and mine.exists() and recent_foreign.exists() and recent_legacy.exists()
+    with _files.replacing(tmp_path / "best.pkl") as being_written:  # this process, writing right now
+        being_written.write(b"half")
+        _files.remove_abandoned(tmp_path)
+        assert Path(being_written.name).exists()
+    assert (tmp_path / "best.pkl").read_bytes() == b"half"
+    assert not gone.exists() and not mine.exists() and not old_foreign.exists() and not old_legacy.exists()
+    assert running.exists() and recent_foreign.exists() and recent_legacy.exists()
     assert user_file.exists()
 
 

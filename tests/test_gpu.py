@@ -501,13 +501,41 @@ def test_real_source_lists_the_processes_nvidia_smi_lists():
 # --- torch, checked in a child process -----------------------------------------------------------
 
 
-def _fake_torch(root: Path, *, version="2.5.1+cu124", cuda="'12.4'", available="True", extra="") -> None:
+def _fake_torch(
+    root: Path, *, version="2.5.1+cu124", cuda="'12.4'", available="True", extra="", gpu=None, op=""
+) -> None:
+    """A fake ``torch`` package; with ``gpu=(capability, arch_list)`` it can also run the probe's one CUDA
+    operation (``op`` is a statement run first in it, e.g. a raise)."""
     pkg = root / "torch"
     (pkg / "cuda").mkdir(parents=True)
-    (pkg / "__init__.py").write_text(f"{extra}\n__version__ = {version!r}\nfrom . import version, cuda\n")
+    tensors = ""
+    if gpu is not None:
+        tensors = textwrap.dedent(f"""
+            float32 = "float32"
+            class _Tensor:
+                def __init__(self, values):
+                    self.values = values
+                def __mul__(self, k):
+                    return _Tensor([v * k for v in self.values])
+                def sum(self):
+                    return _Tensor([float(sum(self.values))])
+                def item(self):
+                    return self.values[0]
+            def arange(n, device=None, dtype=None):
+                {op or "pass"}
+                return _Tensor(list(range(n)))
+        """)
+    (pkg / "__init__.py").write_text(f"{extra}\n__version__ = {version!r}\n{tensors}\nfrom . import version, cuda\n")
     (pkg / "version.py").write_text(f"cuda = {cuda}\n")
+    gpu_calls = ""
+    if gpu is not None:
+        gpu_calls = (
+            f"def get_device_capability(i=0):\n    return {tuple(gpu[0])!r}\n\n"
+            f"def get_arch_list():\n    return {list(gpu[1])!r}\n\ndef synchronize():\n    pass\n"
+        )
     (pkg / "cuda" / "__init__.py").write_text(
         f"def is_available():\n    return {available}\n\ndef device_count():\n    return 1 if {available} else 0\n"
+        + gpu_calls
     )
 
 
@@ -608,3 +636,86 @@ def test_records_render_escaped_html():
     assert proc._repr_html_() == "<code>GPU 0: pid 42, 3.0 GiB, python &lt;train&gt;.py</code>"
     status = _torch.TorchStatus("2.5.1", None, False)
     assert status._repr_html_() == "<code>torch 2.5.1 (CPU-only build), sees no GPU</code>"
+
+
+# --- one real CUDA operation, and the GPU code the build carries --------------------------------------------
+
+CU128_ARCHS = ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
+CU124_ARCHS = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
+
+
+def p100(**kw) -> FakeDevice:
+    return FakeDevice(name="Tesla P100-PCIE-16GB", total=16 * GIB, cc=(6, 0), **kw)
+
+
+def test_a_build_without_kernels_for_the_gpu_is_a_mismatch(torch_dir):
+    # Kaggle's P100 with a CUDA 12.8 build: is_available() is True, the first kernel fails
+    _fake_torch(torch_dir, version="2.8.0+cu128", cuda="'12.8'", gpu=((6, 0), CU128_ARCHS),
+                op="raise RuntimeError('CUDA error: no kernel image is available for execution on the device\\n"
+                   "CUDA kernel errors might be asynchronously reported')")  # fmt: skip
+    with use(FakeNvml([p100()], driver="570.124.06", cuda=12080)), pytest.raises(CudaMismatchError) as err:
+        colabkit.require_gpu(check_torch=True)
+    assert err.value.message == (
+        "PyTorch 2.8.0+cu128 has no GPU code for the Tesla P100-PCIE-16GB (sm_60): it is built for sm_70, sm_75, "
+        "sm_80, sm_86, sm_90, sm_100, sm_120; its first CUDA operation failed: RuntimeError: CUDA error: no kernel "
+        "image is available for execution on the device"
+    )
+    assert err.value.hint.startswith("Install a PyTorch build whose torch.cuda.get_arch_list() lists sm_60")
+    assert "https://download.pytorch.org/whl/cu126" in err.value.hint
+    assert err.value.hint.endswith("On Kaggle, choose the T4 instead: Settings → Accelerator → GPU T4 x2.")
+    assert "torch" not in sys.modules  # asked in a child: no CUDA context here
+
+
+def test_no_kernel_image_is_a_mismatch_even_when_the_arch_list_looks_right(torch_dir):
+    _fake_torch(torch_dir, version="2.8.0", cuda="'12.8'", gpu=((7, 5), ["sm_75"]),
+                op="raise RuntimeError('CUDA error: no kernel image is available for execution on the device')")  # fmt: skip
+    with use(FakeNvml([t4()])), pytest.raises(CudaMismatchError, match=r"no GPU code for the Tesla T4 \(sm_75\)"):
+        _gpu.verify_torch()
+
+
+def test_another_failure_of_the_first_operation_is_a_gpu_error(torch_dir):
+    _fake_torch(torch_dir, gpu=((7, 5), CU124_ARCHS), op="raise RuntimeError('CUDA error: unspecified launch failure')")
+    with use(FakeNvml([t4()])), pytest.raises(GpuError) as err:
+        _gpu.verify_torch()
+    assert not isinstance(err.value, CudaMismatchError)
+    assert err.value.message == (
+        "PyTorch 2.5.1+cu124 sees the Tesla T4, but its first CUDA operation failed: "
+        "RuntimeError: CUDA error: unspecified launch failure"
+    )
+
+
+def test_a_t4_runs_the_operation_and_is_told_fp16_over_bf16(torch_dir):
+    _fake_torch(torch_dir, gpu=((7, 5), CU124_ARCHS))
+    with use(FakeNvml([t4()])):
+        status = _gpu.verify_torch()
+    assert (status.op_ok, status.capability, status.kernels_fit) == (True, (7, 5), True)
+    assert status.describe() == "torch 2.5.1+cu124 (CUDA 12.4), sees the GPU, ran a CUDA operation on sm_75"
+    assert status.precision_note == (
+        "sm_75 has no native bfloat16: train with float16 autocast (torch.autocast('cuda', dtype=torch.float16) and "
+        "a torch.amp.GradScaler), not bfloat16"
+    )
+    assert _torch.TorchStatus("2.5", "12.4", True, capability=(8, 0)).precision_note is None
+
+
+def test_a_wrong_answer_from_the_gpu_is_an_error(torch_dir):
+    _fake_torch(torch_dir, gpu=((7, 5), CU124_ARCHS), op="n = n - 1")
+    with use(FakeNvml([t4()])), pytest.raises(GpuError, match="2 \\* arange\\(16\\) summed to 210.0 on the GPU, not 240"):
+        _gpu.verify_torch()
+
+
+@pytest.mark.parametrize(
+    ("cc", "archs", "runs"),
+    [
+        ((6, 0), CU128_ARCHS, False),
+        ((6, 1), CU124_ARCHS, True),  # sm_60 code runs on sm_61
+        ((7, 5), ["sm_70"], True),
+        ((7, 0), ["sm_75"], False),  # code for a newer minor does not run on an older one
+        ((8, 9), ["sm_80", "sm_86"], True),
+        ((9, 0), ["sm_90a"], True),
+        ((10, 0), ["sm_90a"], False),  # arch-specific code runs on its own GPU only
+        ((12, 0), ["sm_90", "compute_90"], True),  # PTX is compiled by the driver for newer GPUs
+        ((8, 0), ["compute_86"], False),
+    ],
+)
+def test_arch_supported(cc, archs, runs):
+    assert _torch.arch_supported(cc, archs) is runs

@@ -82,20 +82,23 @@ def test_each_status_is_reported(tmp_path, alive, dead):
     ]
     finished = listed[0]
     assert finished.duration_s == 2472.0 and finished.returncode == 0 and finished.script == "train.py"
-    assert finished.row()[2:] == (finished.started.astimezone().strftime("%Y-%m-%d %H:%M"), "41m12s", "11.0 GiB / 15.0 GiB")
+    assert finished.row()[2:] == (
+        finished.started.astimezone().strftime("%Y-%m-%d %H:%M"), "41m12s", "11.0 GiB / 15.0 GiB", "finished"
+    )
     assert listed[1].row()[4] == "14.9 GiB"
     assert listed[3].duration_s is not None and listed[3].duration_s > 0  # a live run counts up to now
     assert listed[7].problem.startswith("summary.json: ")
-    assert listed[8].row()[1:] == ("unknown", "n/a", "n/a", "n/a")
+    assert listed[8].row()[1:5] == ("unknown", "n/a", "n/a", "n/a")
+    assert [r.lost_why for r in listed[4:7]] == ["VM recycled", "its processes are gone", "its processes are gone"]
 
 
 def test_text_table_and_html(tmp_path):
     project = tmp_path / "proj"
     _write(project, "20250101-120000-<b>", _summary("finished", peak_gpu_bytes=3 * GIB))
     text = str(_history.runs(project)).splitlines()
-    assert text[0].split() == ["run", "status", "started", "duration", "peak", "GPU"]
+    assert text[0].split() == ["run", "status", "started", "duration", "peak", "GPU", "end"]
     assert text[1].split()[:2] == ["20250101-120000-<b>", "finished"]
-    assert text[1].endswith("41m12s    3.0 GiB")
+    assert text[1].endswith("41m12s    3.0 GiB   finished")
     html = _history.runs(project)._repr_html_()
     assert "20250101-120000-&lt;b&gt;" in html and "<b>" not in html
     assert html.count("<tr>") == 2
@@ -113,10 +116,12 @@ def test_empty_project_default_project_and_missing_project(tmp_path, monkeypatch
     assert [r.status for r in _history.runs(project / "runs")] == ["finished"]  # the runs folder itself
     with pytest.raises(ProjectNotFound, match="No project folder at .*nowhere") as info:
         _history.runs(tmp_path / "nowhere")
-    assert info.value.hint == (
-        "Pass the project folder that holds the runs folder, e.g. colabkit.runs('/content/drive/MyDrive/test'), "
-        "or `colabkit runs PATH` in a terminal."
+    assert info.value.hint == (  # no Colab path off Colab
+        "Pass the project folder that holds the runs folder: its name on Drive (colabkit.runs('test')) or "
+        "its full path, or `colabkit runs PATH` in a terminal."
     )
+    assert info.value.render("cli").endswith("HINT: Pass the project folder that holds the runs folder: its name on "
+                                             "Drive (colabkit runs test) or its full path.")  # no colabkit.runs()
 
 
 def test_cli_lists_runs(tmp_path, capsys):
@@ -161,9 +166,10 @@ def test_run_info_and_run_list_reprs(tmp_path):
 
     html = listed[1]._repr_html_()
     assert "20250101-130000-&lt;b&gt;" in html and "<b>" not in html
-    assert "<td>unknown</td><td>n/a</td><td>n/a</td><td>n/a</td>" in html
+    td = "<td style='text-align:left;vertical-align:top'>"
+    assert f"{td}unknown</td>{td}n/a</td>{td}n/a</td>{td}n/a</td>" in html
     assert "<p>summary.json: " in html
-    assert listed[0]._repr_html_().count("<td>") == 5
+    assert listed[0]._repr_html_().count(td) == 6
 
 
 def test_project_name_is_resolved_on_drive_without_side_effects(tmp_path, monkeypatch):
@@ -213,11 +219,9 @@ def test_dead_drive_mount_raises_mount_error_with_the_fix(tmp_path):
             _history.runs(mnt / "proj")
         err = info.value
         assert err.reason == "dead" and err.mountpoint == str(mnt)
-        assert f"): cannot read {mnt / 'proj'}" in err.message
-        assert err.hint == (
-            "Remount Drive with colabkit.mount(force=True) (`colabkit mount --force` in a terminal), "
-            "then list the runs again."
-        )
+        assert err.message.endswith(f"), so colabkit cannot list the runs ({mnt / 'proj'})")
+        assert err.hint.startswith("Remount with colabkit.mount(force=True), then try again.")
+        assert err.cli_hint.startswith("Remount with `colabkit mount --force`, then try again.")
         assert isinstance(err, OSError)
 
 
@@ -253,3 +257,28 @@ def test_real_runs_are_listed_in_order_with_status_and_duration(tmp_path, monkey
     assert listed[0].duration_s >= 0.3
     assert [r.name for r in _history.runs()] == [r.name for r in listed]  # the current directory by default
     assert cli.main(["runs", str(project)]) == 0
+
+
+def test_each_end_says_why_with_the_step_from_the_summary(tmp_path, dead):
+    project = tmp_path / "proj"
+    copy = {"state": "behind", "bytes": 10, "of": 20, "behind": ["output.log"]}
+    _write(project, "20250101-120000-train", _summary("finished", last_step=12000, checkpoint_step=12000))
+    _write(project, "20250101-130000-train", _summary("stopped", reason="budget", last_step=7150, checkpoint_step=7000))
+    _write(project, "20250101-140000-train", _summary("running", boot_id="another-vm", last_step=7100, copy=copy))
+    _write(project, "20250101-150000-train", _summary("running", pid=dead[0], pid_create_time=dead[1]))
+    (project / "runs/20250101-160000-train").mkdir()
+    (project / "runs/20250101-160000-train/summary.json").write_text(json.dumps(_summary("failed")))
+    (project / "runs/20250101-160000-train/output.log").write_text(
+        "step 1\nTraceback (most recent call last):\nRuntimeError: CUDA error: device-side assert triggered\n"
+        "\n[colabkit] run failed after 3s\n"
+    )
+    listed = _history.runs(project)
+    assert [r.ending for r in listed] == [
+        "finished at step 12,000",
+        "stopped by its budget at step 7,150 (checkpoint at step 7,000); resume=True continues it",
+        "lost at step 7,100: VM recycled; run the same cell with resume=True to continue",
+        "lost: its processes are gone; run the same cell with resume=True to continue",
+        "failed: RuntimeError: CUDA error: device-side assert triggered",
+    ]
+    assert [r.copy for r in listed] == [None, None, "behind", None, None]
+    assert listed[1].row()[-1] == listed[1].ending

@@ -219,7 +219,10 @@ with open("pids.json.tmp", "w") as f:
 os.replace("pids.json.tmp", "pids.json")
 n = 0
 while True:
-    print(f"step {n}", flush=True)
+    # one write per line: print() writes its text and its newline apart (stdout is unbuffered), and a Stop
+    # between them would leave "step N" without its end in output.log, a race of this script, not of colabkit
+    sys.stdout.write(f"step {n}\\n")
+    sys.stdout.flush()
     n += 1
     time.sleep(0.02)
 """
@@ -254,7 +257,7 @@ def test_stop_during_run_ends_every_process_and_keeps_the_kernel(tmp_path, kerne
     assert cell.reply["status"] == "error" and cell.reply["ename"] == "KeyboardInterrupt", cell.reply
     assert [e["ename"] for e in cell.errors] == ["KeyboardInterrupt"]
     assert took < 8, f"Stop took {took:.1f} s to end a run whose processes all die on SIGINT"
-    assert "colabkit: interrupted; stopping the run" in cell.stdout
+    assert "colabkit: interrupted; stopping the run (press Stop again to kill it at once)\n" in cell.stdout
 
     run_dir = _only_run_dir(project, "train")
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -370,12 +373,176 @@ def test_a_flood_reaches_the_screen_throttled_and_the_log_in_full(tmp_path, kern
     assert log == [f"line {i}" for i in range(100_000)]
 
     bar = k.execute("r = colabkit.run('bar.py', monitor=False); print('STATUS', r.status)").check()
-    assert "bar done" in bar.stdout and "STATUS finished" in bar.stdout
-    screen = "".join(m["content"]["text"] for m in bar.streams)
-    states = re.findall(r"\d+/3000", screen)
-    assert "3000/3000" in states
-    assert len(states) < 100, f"the bar was redrawn {len(states)} times on screen"
+    assert "STATUS finished" in bar.stdout
+    # the bar, redrawn with \r, is an output updated in place: the cell (and a saved notebook) shows it once
+    area = [
+        line
+        for kind, data in _output_area(bar.messages)
+        for line in (_stream_lines(data) if kind == "stream" else data.get("text/plain", "").split("\n"))
+    ]
+    bars = [line for line in area if "/3000" in line]
+    assert len(bars) == 1 and "3000/3000" in bars[0], bars
+    assert area.index(bars[0]) < area.index("bar done")
+    redraws = [m for m in bar.messages if m["msg_type"] in ("stream", "display_data", "update_display_data")]
+    assert len(redraws) < 100, f"the bar was redrawn {len(redraws)} times on screen"
     updates = len(bar.messages)
     assert updates < 300, f"{updates} iopub messages for one progress bar"
     logged = (_only_run_dir(project, "bar") / "output.log").read_text()
     assert len(re.findall(r"\d+/3000", logged)) > 1000  # output.log keeps every update
+
+
+# -- 4. the kernel restarts mid-run --------------------------------------------------------------------------
+
+CHATTY = """\
+import json, os, subprocess, sys, time
+group = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+alone = subprocess.Popen(["sleep", "300"], start_new_session=True)
+with open("pids.json.tmp", "w") as f:
+    json.dump({"script": os.getpid(), "group": group.pid, "alone": alone.pid}, f)
+os.replace("pids.json.tmp", "pids.json")
+n = 0
+try:
+    while True:
+        print(f"step {n}", flush=True)
+        n += 1
+        time.sleep(0.02)
+except KeyboardInterrupt:
+    print("saved on KeyboardInterrupt", flush=True)
+"""
+
+
+def test_a_kernel_restarted_mid_run_leaves_no_process_of_the_run(tmp_path, kernel, pid_files):
+    """Promise: when the kernel that called run() is restarted (killed) while the script prints constantly,
+    the script, its helpers (in its group and in a session of its own) and the run's supervisor are gone
+    within 2 s; the script's KeyboardInterrupt save ran (no broken pipe first) and output.log has it."""
+    import threading
+
+    project = tmp_path / "drive" / "MyDrive" / "proj"
+    project.mkdir(parents=True)
+    pid_files.append(project / "pids.json")
+    (project / "chatty.py").write_text(CHATTY)
+    k = kernel()
+    k.execute("import colabkit; colabkit.setup('proj', gpu='prefer')").check()
+    msg_id = k.kc.execute("r = colabkit.run('chatty.py')")
+    deadline = time.monotonic() + CELL_TIMEOUT_S
+    while not (project / "pids.json").exists() or not list((project / "runs").glob("*/output.log")):
+        assert time.monotonic() < deadline, "the script did not start"
+        time.sleep(0.05)
+    run_dir = _only_run_dir(project, "chatty")
+    while (run_dir / "output.log").read_bytes().count(b"step ") < 20:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    pids = json.loads((project / "pids.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    pids["supervisor"] = summary["supervisor_pid"]
+    assert all(_running(p) for p in pids.values())
+    old_kernel = k.pid
+    seen: dict[str, float] = {}
+
+    def watch() -> None:  # plain polling on its own thread: the restart below blocks the test's thread
+        end = time.monotonic() + START_TIMEOUT_S
+        while _running(old_kernel) and time.monotonic() < end:
+            time.sleep(0.005)
+        seen["died"] = time.monotonic()
+        while any(_running(p) for p in pids.values()) and time.monotonic() < end:
+            time.sleep(0.005)
+        seen["gone"] = time.monotonic()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        k.km.restart_kernel(now=True)  # what Runtime → Restart session does: the kernel is killed, a new one starts
+    finally:
+        watcher.join(START_TIMEOUT_S + 5)
+    assert not [name for name, p in pids.items() if _running(p)]
+    took = seen["gone"] - seen["died"]
+    assert took < 2.0, f"the run's processes outlived the kernel by {took:.2f} s"
+    assert msg_id
+    log = (run_dir / "output.log").read_text()
+    assert "saved on KeyboardInterrupt" in log and "BrokenPipeError" not in log
+    assert "[colabkit] the process that started the run (pid " in log
+    from colabkit._summary import RunSummary
+
+    ended = RunSummary.read(run_dir)
+    # jupyter_client interrupts the kernel just before it kills it: whether run() began the stop sequence in
+    # that moment (reason "interrupt") or the supervisor did (reason "launcher") is a race; the ending is not
+    assert (ended.status, ended.returncode, ended.ended is not None) == ("interrupted", 0, True)
+    k.kc.wait_for_ready(timeout=START_TIMEOUT_S)
+    k.pid = k.km.provisioner.process.pid
+    assert k.execute("1 + 1").check().result() == "2"  # the new kernel works
+
+
+# -- 5. nested progress bars in a notebook -------------------------------------------------------------------
+
+NESTED = """\
+import sys, time
+from tqdm import tqdm
+print("starting", flush=True)
+for epoch in tqdm(range(3), desc="epoch", position=0, ncols=60, ascii=True, mininterval=0):
+    for _ in tqdm(range(30), desc="batch", position=1, leave=False, ncols=60, ascii=True, mininterval=0):
+        time.sleep(0.01)
+    tqdm.write(f"epoch {epoch} done")
+print("training done")
+"""
+
+
+def _output_area(messages: list[dict[str, Any]]) -> list[list[Any]]:
+    """The cell's outputs as Jupyter keeps them: consecutive stream texts merged, displays updated by id."""
+    outputs: list[list[Any]] = []
+    by_id: dict[str, list[Any]] = {}
+    for m in messages:
+        kind, content = m["msg_type"], m["content"]
+        if kind == "stream":
+            if outputs and outputs[-1][0] == "stream":
+                outputs[-1][1] += content["text"]
+            else:
+                outputs.append(["stream", content["text"]])
+        elif kind == "display_data":
+            slot = ["display", content["data"]]
+            outputs.append(slot)
+            display_id = content.get("transient", {}).get("display_id")
+            if display_id:
+                by_id[display_id] = slot
+        elif kind == "update_display_data":
+            by_id[content["transient"]["display_id"]][1] = content["data"]
+    return outputs
+
+
+def _stream_lines(text: str) -> list[str]:
+    """Jupyter's stream rendering: after \\r the line is written over from its start; no other control."""
+    out = []
+    for line in text.split("\n"):
+        shown = ""
+        for part in line.split("\r"):
+            shown = part + shown[len(part) :]
+        out.append(shown.rstrip())
+    return [line for line in out if line]
+
+
+def test_nested_tqdm_bars_stay_in_place_in_a_real_notebook(tmp_path, kernel):
+    """Promise: real nested tqdm bars (``position=``, redrawn with cursor-up escapes, which a notebook cannot
+    do) stay in place in a notebook: one output updated in place, lines in their order, no bar drawn again
+    below the last, and the cell ends showing what a terminal would."""
+    project = tmp_path / "drive" / "MyDrive" / "proj"
+    project.mkdir(parents=True)
+    (project / "nested.py").write_text(NESTED)
+    k = kernel()
+    k.execute("import colabkit; colabkit.setup('proj', gpu='prefer')").check()
+    cell = k.execute("r = colabkit.run('nested.py', monitor=False); print('STATUS', r.status)").check()
+    assert all("\x1b[A" not in m["content"]["text"] for m in cell.streams), "cursor-up reached the notebook"
+    outputs = _output_area(cell.messages)
+    panes = [o for o in outputs if o[0] == "display" and "text/html" not in o[1]]
+    assert len(panes) == 1, outputs
+    updates = [m for m in cell.messages if m["msg_type"] == "update_display_data"]
+    assert len(updates) >= 3  # redrawn in place as the bars moved
+    shown: list[str] = []
+    for kind, body in outputs:
+        if kind == "stream":
+            shown += _stream_lines(body)
+        elif "text/html" not in body:  # the status line has its own output
+            shown += [line.rstrip() for line in body["text/plain"].split("\n") if line.strip()]
+    run_area = shown[shown.index("starting") : shown.index("training done") + 1]
+    assert run_area[:4] == ["starting", "epoch 0 done", "epoch 1 done", "epoch 2 done"]
+    assert re.fullmatch(r"epoch: 100%\|#+\| 3/3 \[.*\]", run_area[4]), run_area
+    assert run_area[5:] == ["training done"]
+    assert "STATUS finished" in cell.stdout

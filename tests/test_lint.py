@@ -33,6 +33,7 @@ def test_the_tree_is_clean():
         ("colabkit/_run.py", "import pynvml\n", "colabkit/_nvml.py"),
         ("colabkit/_drive.py", "from google.colab import drive\n", "colabkit/_colab.py"),
         ("colabkit/_monitor.py", "import psutil\n", "colabkit/_procs.py"),
+        ("colabkit/_secrets.py", "from kaggle_secrets import UserSecretsClient\n", "colabkit/_kaggle.py"),
     ],
 )
 def test_foreign_libraries_have_one_home(module, line, allowed_in):

@@ -346,7 +346,10 @@ def test_monitor_context_manager_without_gpu_says_so(capsys):
     del data
     assert not m.running
     out = capsys.readouterr().out
-    assert "no NVIDIA GPU visible (NVML found none); tracking RAM and time only" in out
+    assert out.splitlines()[0] == (  # the one wording of "no GPU", with the fix for this runtime (a terminal)
+        "colabkit: no GPU: running on the CPU, much slower. Install the NVIDIA driver for this machine's GPU"
+        " and check that `nvidia-smi` lists it; in a container, start it with GPU access (docker run --gpus all ...)."
+    )
     assert m.stats.n_samples >= 2 and m.stats.gpu_count == 0
     assert m.stats.child_peak_rss_bytes > 8 * 1024 * 1024
     assert repr(m).startswith("<Monitor stopped: duration=")
@@ -380,7 +383,7 @@ def test_watch_cli_without_gpu(capsys, monkeypatch):
     assert out == ""
     # the one text of "no GPU" (errors.NoGpuError.for_runtime), said for this terminal runtime
     assert err.splitlines() == [
-        "colabkit watch: No NVIDIA GPU found (NVML found none).",
+        "colabkit watch: No NVIDIA GPU found (nothing to watch).",
         "HINT: Install the NVIDIA driver for this machine's GPU and check that `nvidia-smi` lists it; "
         "in a container, start it with GPU access (docker run --gpus all ...).",
     ]
@@ -393,3 +396,44 @@ def test_watch_cli_with_a_gpu_draws_count_frames(capsys, monkeypatch):
     assert cli.main(["watch", "-n", "0.05", "--count", "2"]) == 0
     out = capsys.readouterr().out
     assert out.count("GPU 0: 3.0 GiB / 16.0 GiB  util 87%  64°C  72 W") == 2
+
+
+def test_two_gpus_give_one_status_line_each_with_its_own_peak():
+    from colabkit import _loop
+
+    ticks = [
+        [(reading(1), []), (reading(1), [])],
+        [(reading(6), []), (reading(2), [])],
+        [(reading(3), []), (reading(4, util=None), [])],
+    ]
+    src, clock = ScriptedNvml(ticks), Clock()
+    sampler = Sampler(src, clock, interval=1.0)
+    drive(sampler, src, clock)
+    assert sampler.peaks() == [6 * GIB, 4 * GIB] and sampler.peak_used() == 6 * GIB
+    assert _loop.status_text(sampler, 75.0).splitlines() == [
+        "GPU0 3.0 GiB/16.0 GiB · peak 6.0 GiB · util 50% · 60°C",
+        "GPU1 4.0 GiB/16.0 GiB · peak 4.0 GiB · util n/a · 60°C",
+        "1m15s",
+    ]
+    stats = sampler.stop()
+    assert [(d.index, d.peak_used_bytes) for d in stats.devices] == [(0, 6 * GIB), (1, 4 * GIB)]
+
+
+def test_the_sampler_feeds_each_ranks_peaks():
+    seen = []
+
+    class Ranks:
+        def add(self, pids, gpu_by_pid):
+            seen.append((pids, gpu_by_pid))
+
+        def stats(self):
+            return ("rank stats",)
+
+    me = os.getpid()
+    ticks = [[(reading(1), [])], [(reading(2), [(me, 3 * GIB)])]]
+    src, clock = ScriptedNvml(ticks), Clock()
+    sampler = Sampler(src, clock, pid=me)
+    sampler.ranks = Ranks()
+    drive(sampler, src, clock)
+    assert me in seen[0][0] and seen[0][1] == {me: 3 * GIB}
+    assert sampler.stop().ranks == ("rank stats",)

@@ -330,3 +330,26 @@ def test_flush_of_a_dead_ocamlfuse_mount_says_so(gd, tmp_path):
         colabkit.flush()
     assert info.value.reason == "dead" and info.value.method == "ocamlfuse"
     assert "colabkit.mount('ocamlfuse', force=True), then call colabkit.flush()" in info.value.hint
+
+
+@pytest.mark.fuse
+def test_a_hung_ocamlfuse_mount_is_reported_quickly_and_restarted_with_force(gd, tmp_path):
+    import time
+
+    from fakes.colabvm import hung_fuse
+
+    point = tmp_path / "gdrive"
+    key = _key(tmp_path)
+    colabkit.mount("ocamlfuse", point, service_account=key)
+    (point / "work").mkdir()
+    os.chdir(point / "work")
+    with hung_fuse(point):
+        started = time.monotonic()
+        with pytest.raises(MountError) as info:
+            colabkit.mount("ocamlfuse", point, service_account=key)
+        assert time.monotonic() - started < 6
+        assert info.value.reason == "hung" and "colabkit.mount('ocamlfuse', force=True)" in info.value.hint
+        m = colabkit.mount("ocamlfuse", point, service_account=key, force=True)
+        assert _mounts.health(point).state == "live" and (m.root / "paper.txt").read_text() == "draft"
+        assert os.getcwd() == str(point / "work")
+    os.chdir(tmp_path)

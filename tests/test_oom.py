@@ -98,3 +98,37 @@ def test_message_names_peak_total_and_the_failed_allocation():
         _oom.message("jax", "t.py", None, None, None)
         == "t.py ran out of GPU memory (JAX): peak seen n/a of n/a"
     )
+
+
+def test_the_diagnosis_comes_from_the_final_traceback_only():
+    """Promise: an out-of-memory traceback the script printed and recovered from is not the failure."""
+    recovered = ["Traceback (most recent call last):", '  File "train.py", line 3, in <module>', TORCH_2]
+    final = ["Traceback (most recent call last):", '  File "train.py", line 9, in <module>', "KeyError: 'label'"]
+    lines = [*recovered, "retrying with batch size 16", "step 1", *final]
+    assert _oom.failure_text(lines) == "\n".join(final)
+    assert _oom.detect(_oom.failure_text(lines)) is None
+
+
+def test_a_chained_out_of_memory_error_is_part_of_the_failure():
+    """Promise: ``raise ... from`` an out-of-memory error keeps it in the diagnosis."""
+    lines = [
+        "step 9",
+        "Traceback (most recent call last):",
+        TORCH_CUDA_CLASS,
+        "",
+        "The above exception was the direct cause of the following exception:",
+        "",
+        "Traceback (most recent call last):",
+        "RuntimeError: step failed",
+    ]
+    assert _oom.failure_text(lines) == "\n".join(lines[1:])
+    assert _oom.detect(_oom.failure_text(lines)) == "pytorch"
+
+
+def test_a_cpp_abort_and_a_bare_ending_are_read_from_their_last_lines():
+    """Promise: without a Python traceback, the failure is a C++ ``terminate`` block, or the last few lines."""
+    abort = ["terminate called after throwing an instance of 'c10::OutOfMemoryError'", "  what():  CUDA out of memory."]
+    assert _oom.detect(_oom.failure_text(["CUDA out of memory (recovered)", "step 3", *abort])) == "pytorch"
+    killed = ["CUDA out of memory. Tried to allocate 2.00 GiB (recovered)", *[f"step {i}" for i in range(10)]]
+    assert _oom.failure_text(killed) == "\n".join(killed[-5:])
+    assert _oom.detect(_oom.failure_text(killed)) is None

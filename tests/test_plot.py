@@ -54,3 +54,16 @@ def test_draw_writes_a_png(tmp_path):
     out = tmp_path / "gpu.png"
     _plot.draw(tuple(Sample(t=float(i), child_rss_bytes=MIB * (i + 1)) for i in range(3)), out, "cpu run")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_drawn_file_is_a_path_that_a_notebook_shows_as_its_image(tmp_path):
+    import base64
+    from pathlib import Path
+
+    out = _plot.PlotFile(tmp_path / "gpu.png")
+    out.write_bytes(b"\x89PNG fake")
+    assert isinstance(out, Path) and out == tmp_path / "gpu.png" and out.parent == tmp_path
+    bundle = out._bundle()  # what IPython shows for it: the image, never `PosixPath('...')`
+    assert bundle == {"image/png": base64.b64encode(b"\x89PNG fake").decode(), "text/plain": str(tmp_path / "gpu.png")}
+    out.unlink()
+    assert out._bundle() == {"text/plain": str(tmp_path / "gpu.png")}  # gone since: the path, no error

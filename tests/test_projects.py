@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import json
 import os
 import re
 import site
@@ -166,9 +167,15 @@ def _wheel(folder: Path, name: str, version: str) -> Path:
 @pytest.fixture
 def venv(tmp_path, monkeypatch):
     """A virtual environment sharing this one's packages; project() runs pip through it."""
-    env = tmp_path / "venv"
+    return _make_venv(tmp_path / "venv", monkeypatch)
+
+
+_PYTHON = sys.executable  # the tests' own interpreter (the fixture points sys.executable elsewhere)
+
+
+def _make_venv(env: Path, monkeypatch) -> Path:
     subprocess.run(
-        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(env)], check=True
+        [_PYTHON, "-m", "venv", "--without-pip", "--system-site-packages", str(env)], check=True
     )
     python = env / "bin/python"
     purelib = Path(
@@ -210,6 +217,21 @@ def test_requirements_installed_once_per_change(mydrive, venv, tmp_path, capsys)
     assert colabkit.project("test").requirements == "installed"
     assert (venv / "tinypkg/__init__.py").exists()
     assert colabkit.project("test", install=False).requirements == "skipped"
+
+
+def test_a_venv_made_again_at_the_same_path_gets_the_requirements_again(mydrive, venv, tmp_path, monkeypatch):
+    wheels = tmp_path / "wheels"
+    _wheel(wheels, "tinypkg", "0.1")
+    (mydrive / "test/requirements.txt").write_text(f"--no-index\n--find-links {wheels}\ntinypkg==0.1\n")
+    assert colabkit.project("test").requirements == "installed"
+    assert colabkit.project("test").requirements == "up to date"
+    subprocess.run(["rm", "-rf", str(tmp_path / "venv")], check=True)
+    purelib = _make_venv(tmp_path / "venv", monkeypatch)  # same path, same sys.executable, no tinypkg
+    assert purelib == venv and not (purelib / "tinypkg").exists()
+    assert colabkit.project("test").requirements == "installed"
+    assert (purelib / "tinypkg/__init__.py").read_text() == "VERSION = '0.1'\n"
+    stamp = json.loads((mydrive / "test/.colabkit/requirements.stamp").read_text())
+    assert stamp["python"] == str(tmp_path / "venv/bin/python") and stamp["interpreter"]["venv"]
 
 
 def test_failed_install_shows_pips_tail(mydrive, venv, tmp_path, capsys):

@@ -41,9 +41,16 @@ def t4():
 
 @pytest.fixture
 def drive_module(monkeypatch):
-    """colabkit._drive with a scripted find_mount() (restored after the test)."""
-    monkeypatch.setattr(_drive, "find_mount", lambda: None)
-    return _drive
+    """colabkit._drive with a scripted status() (restored after the test): set ``find_mount`` to what it finds
+    and ``state`` to how that mount answers (``"live"``, ``"dead"``, ``"hung"``)."""
+    script = types.SimpleNamespace(find_mount=lambda: None, state="live")
+
+    def status():
+        found = script.find_mount()
+        return _drive.DriveStatus(script.state if found is not None else "not_mounted", found)
+
+    monkeypatch.setattr(_drive, "status", status)
+    return script
 
 
 def _mount(root: Path, *, readonly=False, method="local"):
@@ -128,8 +135,9 @@ def test_doctor_all_good(machine, t4, drive_module, tmp_path):
         ("gpu processes", "ok"),
         ("ocamlfuse recipe", "ok"),
         ("vm time", "ok"),
+        ("secrets", "ok"),
     ]
-    assert result.ok and result.summary() == "7 ok, 0 warn, 0 fail"
+    assert result.ok and result.summary() == "8 ok, 0 warn, 0 fail"
     assert result["gpu"].detail == T4_LINE
     assert result["drive"].detail == f"local folder {drive_root} (stand-in for Drive, read-write), writable"
     # the probe writes inside .colabkit/ and keeps its one file: deleting on Drive would fill the trash
@@ -140,7 +148,7 @@ def test_doctor_all_good(machine, t4, drive_module, tmp_path):
     colabkit.doctor()
     assert len(list(drive_root.rglob("*"))) == 2, "a second doctor() must reuse the probe file"
     lines = str(result).splitlines()
-    assert lines[0] == "colabkit doctor: 7 ok, 0 warn, 0 fail"
+    assert lines[0] == "colabkit doctor: 8 ok, 0 warn, 0 fail"
     assert lines[1] == f"  ok    gpu                {T4_LINE}"
 
 
@@ -155,7 +163,7 @@ def test_doctor_without_gpu_fails_with_the_fix(machine, drive_module, monkeypatc
     assert result["gpu processes"].detail == "no GPU (nothing to check)"
     lines = str(result).splitlines()
     assert "  FAIL  gpu                No NVIDIA GPU on this Colab runtime (NVML sees 0 GPUs)." in lines
-    assert f"        fix: {check.fix}" in lines
+    assert f"        HINT: {check.fix}" in lines
 
 
 def test_doctor_names_processes_holding_gpu_memory(machine, drive_module):
@@ -235,7 +243,7 @@ def test_a_crashing_check_is_reported_and_doctor_goes_on(machine, t4, drive_modu
         "the check itself failed: OSError: [Errno 5] Input/output error",
         "report this to colabkit with the output of `colabkit info`",
     )
-    assert len(result.checks) == 7 and result["gpu"].status == "ok"
+    assert len(result.checks) == 8 and result["gpu"].status == "ok"
     assert colabkit.info().problems == ("disk: OSError: [Errno 5] Input/output error",)
 
 
@@ -325,7 +333,7 @@ def test_doctor_html_is_escaped_and_coloured():
     assert "<b>lost</b>" not in html and "&lt;b&gt;lost&lt;/b&gt;" in html
     assert "use &lt;Runtime&gt; &amp; retry" in html
     assert "FAIL" in html and "#d93025" in html
-    assert "<caption>colabkit doctor: 1 ok, 0 warn, 1 fail</caption>" in html
+    assert "<caption style='text-align:left'>colabkit doctor: 1 ok, 0 warn, 1 fail</caption>" in html
 
 
 def test_drive_probe_gives_up_on_a_hung_mount(machine, t4, drive_module, tmp_path, monkeypatch):
@@ -343,3 +351,45 @@ def test_drive_probe_gives_up_on_a_hung_mount(machine, t4, drive_module, tmp_pat
             t.join(5)
     assert time.monotonic() - started < 5
     assert check.status == "fail" and "did not finish within 0.2 s" in check.detail
+
+
+class _Cells:
+    """Every table cell (and caption) of an HTML fragment with its inline style."""
+
+    def __init__(self, html: str) -> None:
+        from html.parser import HTMLParser
+
+        self.cells: list[tuple[str, str]] = []
+        cells = self.cells
+
+        class Parser(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                if tag in ("td", "th", "caption"):
+                    cells.append((tag, dict(attrs).get("style") or ""))
+
+        Parser().feed(html)
+
+
+def test_every_table_of_setup_info_doctor_and_runs_aligns_left_under_any_notebook_css(tmp_path, monkeypatch):
+    # JupyterLab's stylesheet right-aligns td/th and Colab's output frame centres them: only an inline style wins
+    import json
+
+    from colabkit import _history
+
+    run = tmp_path / "proj" / "runs" / "20250101-120000-train"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"status": "finished", "returncode": 0, "script": "train.py"}))
+    session = colabkit.setup(gpu=False, mount=False)
+    doctor = _report.Doctor((_report.Check("gpu", "fail", "none", "a long fix " * 20), _report.Check("disk", "ok", "fine")))
+    runs = _history.runs(tmp_path / "proj")
+    for name, html in {
+        "setup": session._repr_html_(),
+        "info": colabkit.info()._repr_html_(),
+        "doctor": doctor._repr_html_(),
+        "runs": runs._repr_html_(),
+        "run": runs[0]._repr_html_(),
+    }.items():
+        cells = _Cells(html).cells
+        assert len([c for c in cells if c[0] != "caption"]) >= 2, (name, html)
+        assert all("text-align:left" in style for _, style in cells), (name, cells)
+    assert "<div style='max-width:90ch'><i>HINT:</i> a long fix" in doctor._repr_html_()  # wraps as one block

@@ -114,23 +114,29 @@ def test_bad_arguments_are_refused_before_anything_starts(proj):
     script(proj, "x.py", "")
     with pytest.raises(ValueError, match=r"budget='soon' is not a duration"):
         run("x.py", budget="soon")
-    with pytest.raises(
-        ValueError, match=r"resume_arg='--resume' needs resume=True and a \{path\} placeholder"
-    ):
-        run("x.py", resume=True, resume_arg="--resume")
-    with pytest.raises(ValueError, match=r"needs resume=True"):
-        run("x.py", resume_arg="--resume {path}")
+    with pytest.raises(ValueError, match=r"resume_arg=' ' needs resume=True and the arguments that make the script resume"):
+        run("x.py", resume=True, resume_arg=" ")
+    with pytest.raises(ValueError, match=r"resume_arg='--init_from=resume' needs resume=True"):
+        run("x.py", resume_arg="--init_from=resume")  # a template without {path} is fine, resume=False is not
+    with pytest.raises(ValueError, match=r"resume_arg=\('--ckpt_path', '\{path\}'\) needs resume=True"):
+        run("x.py", resume_arg=["--ckpt_path", "{path}"])
     assert not (proj / "runs").exists()
 
 
 # -- budget ----------------------------------------------------------------------------------------
 def test_sigterm_comes_a_grace_before_the_budget_and_the_script_saves_in_time(proj, capsys):
+    """Promise: a script that saves and exits 0 on the budget's SIGTERM is said to be stopped by the budget."""
     script(proj, "saver.py", SAVER)
     t0 = time.time()
-    r = run("saver.py", budget=3, grace=2, interval=0.05)  # SIGTERM after 1 s, SIGKILL after 3 s
+    r = run("saver.py", budget=3, grace=2, interval=0.05, check=False)  # SIGTERM after 1 s, SIGKILL after 3 s
     t_end = time.time()
-    assert (r.status, r.reason, r.returncode) == ("finished", "budget", 0)
-    assert r.check() is r  # exiting 0 after saving is no failure
+    assert (r.status, r.reason, r.returncode) == ("stopped", "budget", 0)
+    with pytest.raises(RunFailed) as info:  # the script did not get to its end: not a success
+        r.check()
+    assert info.value.message.startswith("saver.py was stopped by budget=3s after ")
+    assert info.value.message.endswith(": it exited 0 on SIGTERM, before the end of its work")
+    assert info.value.hint.startswith("Run it again with resume=True to go on from its last checkpoint")
+    assert info.value.returncode == 0
     saved = _checkpoint.latest(proj / "checkpoints")
     assert saved is not None
     state = _checkpoint.load(saved)
@@ -142,9 +148,9 @@ def test_sigterm_comes_a_grace_before_the_budget_and_the_script_saves_in_time(pr
     assert sent is not None, log
     assert log.index("ready") < sent.start() < log.index("saved ckpt")
     assert "SIGKILL" not in log.split("sent SIGTERM", 1)[1].split("\n", 1)[1]
-    assert "[colabkit] run finished (budget)" in log
+    assert "[colabkit] run stopped (budget)" in log
     summary = json.loads((r.log_dir / "summary.json").read_text())
-    assert (summary["status"], summary["reason"], summary["budget_s"]) == ("finished", "budget", 3.0)
+    assert (summary["status"], summary["reason"], summary["budget_s"]) == ("stopped", "budget", 3.0)
     out = capsys.readouterr().out
     assert re.search(r"^colabkit: budget of 3s: sent SIGTERM after \d+\.\ds", out, re.MULTILINE)
     assert "budget 3s: SIGTERM sent 2s before the end" in out
@@ -231,13 +237,13 @@ def test_a_budget_past_the_vm_limit_warns_once_and_stops_before_the_vm_ends(
 ):
     script(proj, "saver.py", SAVER)
     with pytest.warns(ColabkitWarning) as record:
-        r = run("saver.py", budget="2h", grace=1, monitor=False)
+        r = run("saver.py", budget="2h", grace=1, monitor=False, check=False)
     assert len(record) == 1
     message = str(record[0].message)
     assert message.startswith("budget='2h' goes past the Colab VM's ~12h00m limit: the VM has about 2.")
     assert "so colabkit sends SIGTERM 1s before that instead" in message
     assert record[0].filename == __file__  # points at the caller's run() line
-    assert (r.status, r.reason, r.returncode) == ("finished", "budget", 0)
+    assert (r.status, r.reason, r.returncode) == ("stopped", "budget", 0)
     assert r.budget == 7200.0 and 1.9 <= r.stop_at <= 2.0
     assert r.duration_s < 4.0
     assert _checkpoint.latest(proj / "checkpoints") is not None
@@ -308,7 +314,7 @@ def test_resume_round_trip_counts_steps_across_two_runs(proj, monkeypatch, capsy
     )  # fmt: skip
     assert (first.status, first.returncode, first.resumed_from) == ("failed", -9, None)
     assert _seen(first) == {"env": None, "arg": None, "dir": str(ckpts)}
-    assert f"colabkit: no checkpoint in {ckpts} yet; starting fresh\n" in capsys.readouterr().out
+    assert f"colabkit: no checkpoint in {ckpts} (checkpoint_dir=) yet; starting fresh\n" in capsys.readouterr().out
     assert json.loads((first.log_dir / "summary.json").read_text())["resumed_from"] is None
 
     latest = _checkpoint.latest(ckpts)
@@ -321,7 +327,7 @@ def test_resume_round_trip_counts_steps_across_two_runs(proj, monkeypatch, capsy
     assert _seen(second) == {"env": str(latest), "arg": str(latest), "dir": str(ckpts)}
     assert second.args == ("--steps", "10", "--resume", str(latest))
     assert second.log_path.read_text().splitlines()[-1] == "done at step 10"
-    assert f"colabkit: resuming from {latest}\n" in capsys.readouterr().out
+    assert f"colabkit: resuming from {latest}; passing --resume '{latest}'\n" in capsys.readouterr().out
     summary = json.loads((second.log_dir / "summary.json").read_text())
     assert summary["resumed_from"] == str(latest) and summary["args"][-2:] == ["--resume", str(latest)]
     assert f"resumed from {latest}" in second.summary()
@@ -341,7 +347,7 @@ def test_without_resume_the_checkpoint_dir_is_still_passed(proj, tmp_path):
 
 def test_budget_then_resume_picks_up_the_checkpoint_saved_on_sigterm(proj):
     script(proj, "saver.py", SAVER)
-    first = run("saver.py", budget=1.5, grace=1, monitor=False)
+    first = run("saver.py", budget=1.5, grace=1, monitor=False, check=False)
     saved = _checkpoint.latest(proj / "checkpoints")
     assert first.reason == "budget" and saved is not None
     script(proj, "reader.py", "import os\nprint(os.environ['COLABKIT_RESUME'])\n")
@@ -369,8 +375,8 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "resumable_train
 
 def test_the_example_stops_on_the_budget_and_resumes_through_run(proj):
     first = run(EXAMPLE, "--steps", 1000, "--step-time", 0.01, "--save-every", 1000, budget=1.5, grace=1,
-                resume=True, monitor=False)  # fmt: skip
-    assert (first.status, first.reason) == ("finished", "budget")
+                resume=True, monitor=False, check=False)  # fmt: skip
+    assert (first.status, first.reason, first.returncode) == ("stopped", "budget", 0)
     saved = _checkpoint.latest(proj / "checkpoints")
     step = _checkpoint.load(saved)["step"]
     assert 1 <= step < 1000  # saved because of SIGTERM, not the schedule

@@ -79,10 +79,10 @@ def test_no_gpu_stops_before_mounting(tmp_path):
 
 def test_prefer_warns_and_goes_on(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(_gpu, "gpus", lambda: [])
-    with pytest.warns(ColabkitWarning, match="no NVIDIA GPU found: going on on the CPU"):
+    with pytest.warns(ColabkitWarning, match="^no GPU: running on the CPU, much slower. Install the NVIDIA driver"):
         s = colabkit.setup(gpu="prefer")
     assert s.gpu is None and s.mount.method == "local"
-    assert "GPU      none: running on CPU" in capsys.readouterr().out
+    assert "GPU      none: running on the CPU, much slower" in capsys.readouterr().out
 
 
 def test_stops_at_the_first_failure(tmp_path, capsys):
@@ -205,12 +205,87 @@ def test_prefer_goes_on_when_nvml_is_broken(tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
-    assert "GPU      none: running on CPU" in proc.stdout and "GPU: None" in proc.stdout
+    assert "GPU      none: running on the CPU, much slower" in proc.stdout and "GPU: None" in proc.stdout
     warning = [line for line in proc.stdout.splitlines() if line.startswith("WARNING:")]
     assert len(warning) == 1 and warning[0].startswith(
         "WARNING: ColabkitWarning the GPU could not be checked: "
     )
     assert (
-        "is the old pynvml 11.x package" in warning[0] and "Going on on the CPU (gpu='prefer')" in warning[0]
+        "is the old pynvml 11.x package" in warning[0] and "; running on the CPU, much slower. " in warning[0]
     )
     assert "nvidia-ml-py" in warning[0].split("To use the GPU: ", 1)[1]
+
+
+# -- the steps that need a person come before the slow ones --------------------------------------------------
+
+
+def test_secrets_are_found_before_the_requirements_install(tmp_path, t4, monkeypatch, capsys):
+    from colabkit.errors import SecretNotFound
+
+    project = tmp_path / "drive/MyDrive/test"
+    project.mkdir(parents=True)
+    (project / "requirements.txt").write_text("this-package-does-not-exist-colabkit==0.0.0\n")
+    with pytest.raises(SecretNotFound) as err:
+        colabkit.setup("test", mount="local", secrets=["COLABKIT_TEST_TOKEN_ABSENT"])
+    assert err.value.name == "COLABKIT_TEST_TOKEN_ABSENT"
+    assert "installing requirements.txt" not in capsys.readouterr().out  # pip never started
+
+
+def test_secrets_found_by_setup_are_in_the_summary_never_their_value(tmp_path, t4, monkeypatch, capsys):
+    from colabkit import _secrets
+
+    _secrets.forget()
+    (tmp_path / "drive/MyDrive/test").mkdir(parents=True)
+    monkeypatch.setenv("HF_TOKEN", "hf_setupSecretValue123")
+    session = colabkit.setup("test", mount="local", secrets=["HF_TOKEN"])
+    assert session.secrets.sources() == {"HF_TOKEN": "env"}
+    out = capsys.readouterr().out
+    assert "Secrets  HF_TOKEN (the environment)" in out
+    assert "hf_setupSecretValue123" not in out and "hf_setupSecretValue123" not in repr(session)
+
+
+def test_setup_reads_the_secrets_in_the_projects_own_dotenv(tmp_path, t4, capsys):
+    from colabkit import _secrets
+
+    _secrets.forget()
+    project = tmp_path / "drive/MyDrive/test"
+    project.mkdir(parents=True)
+    (project / ".env").write_text("WANDB_API_KEY=wandb-fromTheProjectsDotenv\n")
+    os.chmod(project / ".env", 0o600)
+    (project / "requirements.txt").write_text("this-package-does-not-exist-colabkit==0.0.0\n")
+    session = colabkit.setup("test", mount="local", secrets=["WANDB_API_KEY"], install=False)
+    assert session.secrets.sources() == {"WANDB_API_KEY": "dotenv"}
+    assert session.project.path == project  # the .env of the project being opened, not of an earlier one
+    out = capsys.readouterr().out
+    assert f"Secrets  WANDB_API_KEY ({project / '.env'})" in out
+    assert "wandb-fromTheProjectsDotenv" not in out
+    _secrets.forget()
+
+
+def test_torch_is_checked_after_the_mount(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(_gpu, "require_gpu", lambda *a, check_torch=False, **k: calls.append(("gpu", check_torch)) or T4)
+    from colabkit import _drive
+
+    real_mount = _drive.mount
+    monkeypatch.setattr(_drive, "mount", lambda *a, **k: calls.append(("mount",)) or real_mount(*a, **k))
+    colabkit.setup(mount="local")
+    assert calls == [("gpu", False), ("mount",), ("gpu", True)]
+
+
+# -- the GPU check's note on precision -----------------------------------------------------------------------
+
+
+def test_a_t4_is_told_to_train_in_float16_not_bfloat16(tmp_path, t4, capsys):
+    colabkit.setup(mount="local")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "Note     the Tesla T4 has no native bfloat16: train with float16 autocast"
+
+
+def test_an_ampere_gpu_gets_no_precision_note(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    a100 = dataclasses.replace(T4, name="NVIDIA A100-SXM4-40GB", compute_capability=(8, 0))
+    monkeypatch.setattr(_gpu, "require_gpu", lambda *a, **k: a100)
+    colabkit.setup(mount="local")
+    assert "Note" not in capsys.readouterr().out

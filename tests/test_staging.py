@@ -304,7 +304,11 @@ def test_restaging_without_added_files_replaces_and_overwrite_never_touches_fore
     src = tmp_path / "ds.zip"
     _zip(src, MEMBERS)
     dest = _stage.stage(src, tmp_path / "local" / "ds")
-    assert json.loads((dest / _stage.FILES).read_text()) == ["labels.csv", "train/", "train/a.txt", "train/b.txt"]
+    recorded = json.loads((dest / _stage.FILES).read_text())
+    assert recorded["schema"] == 2
+    assert [(e[0], e[1]) for e in recorded["entries"]] == [
+        ("labels.csv", 4), ("train/", -1), ("train/a.txt", 5), ("train/b.txt", 4)
+    ]
     _zip(src, {"labels.csv": b"new"})
     os.utime(src, ns=(time.time_ns() + 10**9,) * 2)
     assert _stage.stage(src, dest) == dest

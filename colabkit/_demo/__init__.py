@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -68,7 +69,9 @@ def next_steps(script: Path, run_dir: Path, surface: str = "api") -> str:
     """What to do after the demo: where its files are, how to list the runs, how to train your own model."""
     project = script.parent
     if surface == "cli":
-        runs, again, own = f"colabkit runs {project}", "colabkit demo", f"colabkit run {script}"
+        # from the project's folder, so that the run lands in its runs/ (where `colabkit runs` looks)
+        runs, again = f"colabkit runs {shlex.quote(str(project))}", "colabkit demo"
+        own = f"cd {shlex.quote(str(project))} && colabkit run {script.name}"
     else:
         runs, again, own = f"colabkit.runs({str(project)!r})", "the demo", f"colabkit.run({str(script)!r})"
     return (

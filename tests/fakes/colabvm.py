@@ -1,5 +1,7 @@
 """A fake Colab VM for tests: a sysroot with /var/colab/hostname, the fake ``google.colab`` importable,
-and DriveFS serving a local folder through bindfs. Everything lives under the test's tmp_path."""
+and DriveFS (``tests/fakes/bin/drive``, installed at ``<sysroot>/opt/google/drive/drive``) serving a local
+folder through bindfs. Everything lives under the test's tmp_path; every process the fake starts carries
+``FAKE_COLAB_VM=<sysroot>`` in its environment, so a test can find (and its teardown end) what is left."""
 
 from __future__ import annotations
 
@@ -56,11 +58,21 @@ def make_vm(tmp_path: Path, monkeypatch) -> FakeVM:
     (sysroot / "var/colab").mkdir(parents=True)
     (sysroot / "var/colab/hostname").write_text("colab-test-vm\n")
     (sysroot / "content").mkdir()
+    drive_dir = sysroot / "opt/google/drive"
+    (drive_dir / "fuse").mkdir(parents=True)
+    (drive_dir / "drive").symlink_to(BIN / "drive")
+    bindfs_exe = shutil.which("bindfs")
+    if bindfs_exe:  # exec'ed through a link named "drive": the FUSE daemon's process name is "drive"
+        (drive_dir / "fuse/drive").symlink_to(bindfs_exe)
     backing = tmp_path / "drive-backing"
     (backing / "MyDrive").mkdir(parents=True)
     monkeypatch.setenv("COLABKIT_SYSROOT", str(sysroot))
     monkeypatch.setenv("FAKE_DRIVEFS_BACKING", str(backing))
     monkeypatch.setenv("TBE_RUNTIME_ADDR", "172.28.0.1:8011")
+    monkeypatch.setenv("TBE_EPHEM_CREDS_ADDR", "172.28.0.1:8009")
+    # Colab in a browser: a test process has no notebook kernel, which colabkit would take for a shell on
+    # the VM (no front end); a test of another front end sets or removes this
+    monkeypatch.setenv("COLABKIT_FRONTEND", "browser")
     use_fake_colab(monkeypatch)
     return FakeVM(sysroot, backing)
 
@@ -124,7 +136,7 @@ def fuse_pid(mountpoint: Path) -> int:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv and os.path.basename(argv[0]) == b"bindfs" and str(mountpoint).encode() in argv:
+        if argv and os.path.basename(argv[0]) in (b"bindfs", b"drive") and str(mountpoint).encode() in argv:
             return int(entry.name)
     raise LookupError(f"no bindfs process serves {mountpoint}")
 
@@ -138,4 +150,62 @@ def kill_fuse(mountpoint: Path) -> None:
         if not select.select([fd], [], [], 10)[0]:
             raise TimeoutError(f"bindfs {pid} did not exit")
     finally:
+        os.close(fd)
+
+
+def vm_processes(sysroot: Path) -> dict[int, list[str]]:
+    """pid -> command line of every live process the fake google.colab started for this VM."""
+    marker = f"FAKE_COLAB_VM={sysroot}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            found[int(entry.name)] = [a.decode() for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def holding(sysroot: Path, folder: Path) -> dict[int, list[str]]:
+    """This VM's fake processes whose working directory is ``folder`` or below it."""
+    out = {}
+    for pid, argv in vm_processes(sysroot).items():
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd").removesuffix(" (deleted)")
+        except OSError:
+            continue
+        if cwd == str(folder) or cwd.startswith(f"{folder}/"):
+            out[pid] = argv
+    return out
+
+
+def end_vm_processes(sysroot: Path) -> None:
+    """SIGKILL what the fake started for this VM (watcher loops, DriveFS, stopped ones too); wait until gone."""
+    for _ in range(50):
+        pids = vm_processes(sysroot)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        select.select([], [], [], 0.05)
+    raise TimeoutError(f"fake VM processes did not end: {vm_processes(sysroot)}")
+
+
+@contextlib.contextmanager
+def hung_fuse(mountpoint: Path) -> Iterator[int]:
+    """Stop (SIGSTOP) the FUSE process under a mount, as a hung DriveFS; SIGCONT it on the way out."""
+    pid = fuse_pid(mountpoint)
+    fd = os.pidfd_open(pid)  # signals go to this process even if its pid is reused meanwhile
+    try:
+        signal.pidfd_send_signal(fd, signal.SIGSTOP)
+        yield pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(fd, signal.SIGCONT)
         os.close(fd)
