@@ -375,7 +375,7 @@ class OutputView:
                 lines.insert(
                     self._screen.gap,
                     f"... {hidden} lines not shown; {self.log_name} cannot be written ({self.unwritable}): "
-                    "they are kept in memory, RunResult.unsaved_output",
+                    "they are kept in memory",
                 )
         return lines
 

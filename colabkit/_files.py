@@ -24,6 +24,7 @@ from typing import IO, Any
 from . import _procs, _runtime
 
 __all__ = [
+    "cache_dir",
     "FOREIGN_TEMP_AGE_S",
     "TEMP",
     "abandoned",
@@ -55,6 +56,12 @@ def machine_tag() -> str:
 
 
 _writing: set[str] = set()  # the temp files this process is writing now (see abandoned)
+
+
+def cache_dir() -> Path:
+    """colabkit's own folder on this machine's disk: ``$COLABKIT_CACHE``, else ``~/.cache/colabkit``."""
+    cache = os.environ.get("COLABKIT_CACHE")
+    return Path(cache).expanduser() if cache else Path.home() / ".cache" / "colabkit"
 
 
 def temp_sibling(path: Path) -> Path:

@@ -56,8 +56,7 @@ def wanted(root: Path) -> bool:
 
 def local_base() -> Path:
     """Where local run folders live: ``$COLABKIT_CACHE/runs`` (``~/.cache/colabkit/runs``)."""
-    cache = os.environ.get("COLABKIT_CACHE")
-    base = Path(cache).expanduser() if cache else Path.home() / ".cache" / "colabkit"
+    base = _files.cache_dir()
     return base / "runs"
 
 

@@ -254,8 +254,7 @@ def _cache_stamp_dir(path: Path) -> Path:
 
     ``<cache>`` is ``$COLABKIT_CACHE`` or ``~/.cache/colabkit``, the base ``stage()`` uses off Colab.
     """
-    cache = os.environ.get("COLABKIT_CACHE")
-    base = Path(cache).expanduser() if cache else Path.home() / ".cache" / "colabkit"
+    base = _files.cache_dir()
     return base / "stamps" / hashlib.sha256(str(path).encode()).hexdigest()
 
 

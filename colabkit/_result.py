@@ -34,7 +34,8 @@ class RunResult(ShownOnce):
     lines of the child's output (stdout and stderr share one pipe, so they stay in order), as does
     ``RunFailed.stderr_tail``. When ``output.log`` could not be written (a full disk, a Drive that died, a
     deleted run folder), ``log_problem`` says why and ``unsaved_output`` holds the bytes that are not in
-    it, from the first failure on (up to 64 MiB; ``unsaved_dropped_bytes`` counts any beyond).
+    it, from the first failure on (up to 64 MiB; ``unsaved_dropped_bytes`` counts any beyond), and
+    ``unsaved_path`` the file on the VM's own disk (``$COLABKIT_CACHE/unsaved/``) they were written to.
 
     Examples:
         >>> r = colabkit.run("train.py", "--epochs", "1")
@@ -64,6 +65,7 @@ class RunResult(ShownOnce):
     stop_at: float | None = None  # seconds after the start when SIGKILL was due (budget or the VM limit)
     resumed_from: Path | None = None  # the checkpoint handed to the script with resume=True
     unsaved_output: bytes = field(default=b"", repr=False)  # output that is not in output.log (see log_problem)
+    unsaved_path: Path | None = None  # the same bytes in a file on another disk, when one could be written
     unsaved_dropped_bytes: int = 0  # output neither in output.log nor kept: more than fitted in memory
     log_problem: str | None = None  # why output.log lacks some of the output, while it does
     memory: MemoryReport | None = field(default=None, repr=False)  # steps, headroom, batch, creep, OOM autopsy
@@ -167,7 +169,8 @@ class RunResult(ShownOnce):
         lines = kept.count(b"\n") + (1 if kept and not kept.endswith(b"\n") else 0)
         text = (
             f"{self.log_path} lacks {_format.format_bytes(len(kept))} of output ({lines} lines) that could not be "
-            f"written ({self.log_problem}): they are in RunResult.unsaved_output"
+            f"written ({self.log_problem}): "
+            + (f"they are in {self.unsaved_path}" if self.unsaved_path is not None else "they are in RunResult.unsaved_output")
         )
         if self.unsaved_dropped_bytes:
             text += f"; {_format.format_bytes(self.unsaved_dropped_bytes)} more did not fit in memory and are lost"

@@ -498,6 +498,7 @@ class _Run:
             stop_at=plan.kill_at if plan is not None else None,
             resumed_from=resumed_from,
             unsaved_output=log.unsaved(),
+            unsaved_path=_rundir.keep_unsaved(log.unsaved(), self.remote.name) if problem is not None else None,
             unsaved_dropped_bytes=log.dropped if problem is not None else 0,
             log_problem=problem.what if problem is not None else None,
             memory=memory,

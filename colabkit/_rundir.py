@@ -91,3 +91,19 @@ def framework_report(path: Path) -> tuple[int | None, int | None]:
     except OSError:  # none written, or the folder went away with it
         pass
     return peak, reserved
+
+
+def keep_unsaved(data: bytes, run_name: str) -> Path | None:
+    """Write output that ``output.log`` lacks to ``$COLABKIT_CACHE/unsaved/<run>.log`` (``~/.cache/colabkit``: this
+    VM's own disk, not the one that failed), so a terminal user can read it too; ``None`` when nothing is
+    there or it cannot be written either."""
+    if not data:
+        return None
+    path = _files.cache_dir() / "unsaved" / f"{run_name}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _files.replacing(path, "wb") as out:
+            out.write(data)
+    except OSError:
+        return None
+    return path

@@ -73,8 +73,7 @@ def _default_root() -> Path:
 
     if detect_runtime().is_colab:
         return sysroot() / "content" / "data"
-    cache = os.environ.get("COLABKIT_CACHE")
-    base = Path(cache).expanduser() if cache else Path.home() / ".cache" / "colabkit"
+    base = _files.cache_dir()
     return base / "data"
 
 

@@ -206,8 +206,8 @@ class Log:
             self.path.name,
             exc,
             self.path.parent,
-            f"output goes on on screen and is kept in memory (up to {_format.format_bytes(self._keep_max)}, "
-            "RunResult.unsaved_output)",
+            f"output goes on on screen and is kept in memory (up to {_format.format_bytes(self._keep_max)}; "
+            "at the end, in a file on this machine's own disk if the log still cannot be written)",
             later="and is written to the log as soon as the folder can be written again",
         )
 

@@ -37,8 +37,7 @@ _PENDING_MAX_AGE_S = 30 * 24 * 3600.0  # a record whose run folder never came ba
 
 def pending_dir() -> Path:
     """Where summaries that could not be written wait: ``$COLABKIT_CACHE/pending`` (``~/.cache/colabkit/pending``)."""
-    cache = os.environ.get("COLABKIT_CACHE")
-    base = Path(cache).expanduser() if cache else Path.home() / ".cache" / "colabkit"
+    base = _files.cache_dir()
     return base / "pending"
 
 

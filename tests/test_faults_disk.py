@@ -20,7 +20,7 @@ import pytest
 from fakes.colabvm import mount_table, unmount
 
 import colabkit
-from colabkit import _history, _mirror, _run, _summary
+from colabkit import _files, _history, _mirror, _run, _summary
 from colabkit._format import format_bytes
 from colabkit._spec import RunSpec
 from colabkit._summary import RunSummary
@@ -143,7 +143,10 @@ def test_a_disk_that_fills_mid_run_keeps_the_result_the_output_and_the_summary(p
     assert "lines not shown; output.log cannot be written (no space left on" in out  # not "see output.log"
     lines = r.unsaved_output.count(b"\n")
     assert f"log: {r.log_path} lacks {format_bytes(len(r.unsaved_output))} of output ({lines} lines)" in out
-    assert "they are in RunResult.unsaved_output" in out
+    # and in a file on another disk, which a terminal user can open too
+    assert r.unsaved_path is not None and r.unsaved_path.read_bytes() == r.unsaved_output
+    assert r.unsaved_path.parent == _files.cache_dir() / "unsaved" and r.unsaved_path.name == f"{r.log_dir.name}.log"
+    assert f"they are in {r.unsaved_path}" in out and "RunResult.unsaved_output" not in out
     assert "colabkit: cannot write summary.json: no space left" in out
     assert r.samples  # the monitor ran on the same full disk
     assert json.loads((r.log_dir / "summary.json").read_text())["status"] == "running"  # the disk is full
