@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,6 +114,25 @@ def _forget_secrets_and_front_end():
     forget()
     yield
     forget()
+
+
+@pytest.fixture
+def proj(tmp_path, monkeypatch) -> Path:
+    """An empty folder as the working directory, with no project open: run() puts its runs under it."""
+    from colabkit import _run
+
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(_run, "_project_dir", lambda: None)
+    return folder
+
+
+def script(folder: Path, name: str, body: str) -> Path:
+    """Write a training script (``body`` dedented) into ``folder``."""
+    path = folder / name
+    path.write_text(textwrap.dedent(body))
+    return path
 
 
 @pytest.fixture

@@ -30,15 +30,6 @@ LINES = 17_000
 
 
 @pytest.fixture
-def proj(tmp_path, monkeypatch):
-    folder = tmp_path / "proj"
-    folder.mkdir()
-    monkeypatch.chdir(folder)
-    monkeypatch.setattr(_run, "_project_dir", lambda: None)
-    return folder
-
-
-@pytest.fixture
 def small_disk(tmp_path) -> Iterator[Path]:
     """A real 4 MiB tmpfs under this test's folder, unmounted afterwards whatever happened."""
     point = tmp_path / "disk"

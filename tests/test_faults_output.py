@@ -143,15 +143,6 @@ def nested_bars() -> str:
     return buf.getvalue()
 
 
-@pytest.fixture
-def proj(tmp_path, monkeypatch):
-    folder = tmp_path / "proj"
-    folder.mkdir()
-    monkeypatch.chdir(folder)
-    monkeypatch.setattr(_run, "_project_dir", lambda: None)
-    return folder
-
-
 # -- output.log ------------------------------------------------------------------------------------------
 def test_output_log_is_byte_exact(proj):
     """Promise: output.log holds the bytes the script wrote, as written: not UTF-8, NUL, \\r, escapes, a last line without end."""

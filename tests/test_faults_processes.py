@@ -18,28 +18,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import child_env
+from conftest import child_env, script
 
 from colabkit import _run, cli
 from colabkit._spec import RunSpec
 from colabkit._stop import StopTimes
 from colabkit._summary import RunSummary
 from colabkit.errors import CudaOutOfMemory, RunFailed
-
-
-@pytest.fixture
-def proj(tmp_path, monkeypatch):
-    folder = tmp_path / "proj"
-    folder.mkdir()
-    monkeypatch.chdir(folder)
-    monkeypatch.setattr(_run, "_project_dir", lambda: None)
-    return folder
-
-
-def script(folder: Path, name: str, body: str) -> Path:
-    path = folder / name
-    path.write_text(textwrap.dedent(body))
-    return path
 
 
 def go(name: str, *args, stop: StopTimes | None = None, observer=None, **options):

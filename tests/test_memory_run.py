@@ -26,15 +26,6 @@ MIB = 1024**2
 GIB = 1024**3
 
 
-@pytest.fixture
-def proj(tmp_path, monkeypatch):
-    folder = tmp_path / "proj"
-    folder.mkdir()
-    monkeypatch.chdir(folder)
-    monkeypatch.setattr(_run, "_project_dir", lambda: None)
-    return folder
-
-
 def go(folder: Path, body: str, *args, observer=None, **options):
     (folder / "train.py").write_text(textwrap.dedent(body))
     env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}

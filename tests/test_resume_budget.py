@@ -5,33 +5,17 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+from conftest import script
 
-from colabkit import _checkpoint, _loop, _procs, _run, _runtime, cli
+from colabkit import _checkpoint, _loop, _procs, _runtime, cli
 from colabkit._run import run
 from colabkit._spec import RunSpec, parse_duration
 from colabkit.errors import ColabkitWarning, RunFailed
-
-
-@pytest.fixture
-def proj(tmp_path, monkeypatch):
-    folder = tmp_path / "proj"
-    folder.mkdir()
-    monkeypatch.chdir(folder)
-    monkeypatch.setattr(_run, "_project_dir", lambda: None)
-    return folder
-
-
-def script(folder: Path, name: str, body: str) -> Path:
-    path = folder / name
-    path.write_text(textwrap.dedent(body))
-    return path
-
 
 # A script that keeps the contract of docs/long-runs.md: its SIGTERM handler only sets a flag; the loop
 # sees it, saves a checkpoint where run() says, and exits 0.

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import script
 from test_display import screen
 
 from colabkit import _display, _files, _loop, _oom, _procs, _run, _runtime, _stop, cli
@@ -29,24 +30,9 @@ from colabkit.errors import ColabkitError, CudaOutOfMemory, RunFailed, ScriptNot
 GIB = 1024**3
 
 
-@pytest.fixture
-def proj(tmp_path, monkeypatch):
-    folder = tmp_path / "proj"
-    folder.mkdir()
-    monkeypatch.chdir(folder)
-    monkeypatch.setattr(_run, "_project_dir", lambda: None)  # no project open: runs go under the cwd
-    return folder
-
-
 def go(script: str, *args, stop: StopTimes | None = None, observer=None, **options) -> RunResult:
     """run() with the stop sequence's waits and an observer of the live run given through the run spec."""
     return _run.execute(RunSpec.build(script, args, stop=stop, observer=observer, **options))
-
-
-def script(folder: Path, name: str, body: str) -> Path:
-    path = folder / name
-    path.write_text(textwrap.dedent(body))
-    return path
 
 
 def only_run_dir(folder: Path) -> Path:
