@@ -233,6 +233,13 @@ def resolve_script(script: str, workdir: Path) -> Path:
     except OSError:
         nearby = []
     listing = ", ".join(nearby) if nearby else "no .py files"
+    if full.is_dir():  # `colabkit run pkg/`: a folder, not a script
+        inside = sorted(p.name for p in full.iterdir() if p.suffix == ".py")[:10]
+        raise ScriptNotFound(
+            f"{full} is a folder, not a script",
+            f"Pass the .py file to run: {full} holds {', '.join(inside) if inside else 'no .py files'}.",
+            path=full,
+        )
     missing = ScriptNotFound(
         f"script not found: {full}",
         f"Check the name and the folder: {workdir} holds {listing}. Open the project first "

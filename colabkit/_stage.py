@@ -476,7 +476,8 @@ def stage(
             log.info("%s is already staged at %s (unchanged)", source, target)
             return target
         _display.note(
-            f"colabkit: {len(missing)} entries of the staged copy {target} are missing ({_shown(missing)}): "
+            f"colabkit: {len(missing)} {'entry' if len(missing) == 1 else 'entries'} of the staged copy {target} "
+            f"{'is' if len(missing) == 1 else 'are'} missing ({_shown(missing)}): "
             "staging it again"
         )
     if stamp is not None and not overwrite:

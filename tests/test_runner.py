@@ -416,6 +416,16 @@ def test_leftover_processes_after_a_normal_exit_are_ended(proj, monkeypatch):
     assert not psutil.pid_exists(kid) or psutil.Process(kid).status() == psutil.STATUS_ZOMBIE
 
 
+def test_a_folder_given_as_the_script_is_said_to_be_one(proj):
+    (proj / "pkg").mkdir()
+    script(proj / "pkg", "train.py", "")
+    with pytest.raises(ScriptNotFound) as info:
+        run("pkg")
+    assert info.value.message == f"{proj / 'pkg'} is a folder, not a script"
+    assert info.value.hint == f"Pass the .py file to run: {proj / 'pkg'} holds train.py."
+    assert not (proj / "runs").exists()
+
+
 def test_missing_script_is_named_with_the_folder_contents(proj):
     script(proj, "train.py", "")
     with pytest.raises(ScriptNotFound, match=r"script not found: .*/proj/tain\.py") as info:

@@ -213,7 +213,7 @@ def test_a_damaged_copy_is_noticed_and_overwrite_restores_it(tmp_path, monkeypat
     (dest / "c1/f4.bin").unlink()
     assert _stage.stage(src, dest) == dest and calls == [1]  # a missing file: staged again
     assert (dest / "c1/f4.bin").read_bytes() == bytes([4]) * 100
-    assert "1 entries of the staged copy" in capsys.readouterr().out
+    assert "1 entry of the staged copy" in capsys.readouterr().out
 
     (dest / "c2/f5.bin").write_bytes(b"edited locally")
     with pytest.raises(StageError, match="whose files changed since it was staged: 'c2/f5.bin'") as info:
