@@ -80,6 +80,13 @@ class Loop:
     ``pid``, ``run_dir``, ``seen`` and ``status_text``.
     """
 
+    def _limit(self, plan: Budget) -> str:
+        """What ends the run: its budget, or the machine's limit when that comes first."""
+        budget = f"budget of {_format.format_span(plan.budget)}"
+        if plan.vm_limited:
+            return f"{self.limit_label or 'the machine time limit'} (before the {budget})"
+        return budget
+
     def __init__(
         self,
         spec: RunSpec,
@@ -94,8 +101,10 @@ class Loop:
         run_dir: Path,
         memory: MemoryWatch | None = None,
         keeper: Keeper | None = None,
+        limit_label: str | None = None,
     ) -> None:
         self.spec = spec
+        self.limit_label = limit_label  # the machine's limit that comes before the budget ("the Kaggle session's ~12 h limit")
         self.keeper = keeper  # the run folder's copy to Drive, the live status for attach, the heartbeat
         self.memory = memory
         self.chart = _display.Chart(status.mode, "memory timeline") if memory is not None else None
@@ -199,7 +208,7 @@ class Loop:
                     self.term_sent = now - started
                     stopper.begin(TERM, now, until=started + plan.kill_at)
                     output.say(
-                        f"budget of {_format.format_span(plan.budget)}: sent SIGTERM after "
+                        f"{self._limit(plan)}: sent SIGTERM after "
                         f"{_format.format_duration(now - started)}; SIGKILL in "
                         f"{_format.format_span(round(plan.kill_at - (now - started), 1))} unless the script exits"
                     )
@@ -219,7 +228,7 @@ class Loop:
                         if not gone and exited_at is not None and now - exited_at >= times.pipe_grace + times.kill_wait:
                             return  # the supervisor did not exit although nothing is left: leave it to itself
                     elif state == KILL and self.reason == "budget" and plan is not None:
-                        output.say(f"budget of {_format.format_span(plan.budget)} is over: sent SIGKILL")
+                        output.say(f"{self._limit(plan)} is over: sent SIGKILL")
                     elif state == "survived":
                         _display.note(f"colabkit: processes of the run survive SIGKILL: {stopper.survivors}")
                         return

@@ -327,6 +327,7 @@ class _Run:
                 run_dir=self.run_dir,
                 memory=self.memory,
                 keeper=self.keeper,
+                limit_label=self.limit_label,
             )
             loop.run()
             self.reason = loop.reason

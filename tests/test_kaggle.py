@@ -4,6 +4,7 @@ session limit that drives a budget, where a project and its runs live."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from conftest import NO_DRIVER
@@ -249,5 +250,8 @@ def test_a_run_near_the_end_of_the_session_is_stopped_by_it_in_kaggles_words(tmp
     assert r.limit_label == "the Kaggle session's ~12 h limit"
     log = r.log_path.read_text()
     assert log.startswith("training\n") and "\nsaving to /kaggle/working\n" in log  # the script saved on SIGTERM
+    assert re.search(  # the log names what ended the run, not the budget that never ran out
+        r"^\[colabkit\] the Kaggle session's ~12 h limit \(before the budget of 1h\): sent SIGTERM after ", log, re.M
+    ), log
     assert 2.5 < r.duration_s < 10  # SIGTERM a grace before the session's end, not after the hour asked
     assert r.error().message.startswith("train.py was stopped by the Kaggle session's ~12 h limit (before budget=1h)")
