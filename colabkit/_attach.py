@@ -261,7 +261,8 @@ def attach(
     status.close()
     now_info = _history.read_run(info.path, source=folder)  # the local summary is the freshest
     if detached:
-        _display.note(f"colabkit: detached from {info.name}; it goes on (colabkit.attach() shows it again)")
+        again = "colabkit.attach()" if _runtime.display_mode() == "notebook" else "`colabkit attach`"
+        _display.note(f"colabkit: detached from {info.name}; it goes on ({again} shows it again)")
     else:
         _display.note(f"colabkit: {info.name}: {now_info.ending}")
     return now_info

@@ -152,7 +152,7 @@ def test_ctrl_c_detaches_and_leaves_the_run_alone(live_run):
         assert attacher.wait(30) == 0
     finally:
         _close(attacher)
-    assert f"colabkit: detached from {RUN}; it goes on (colabkit.attach() shows it again)" in "".join(seen)
+    assert f"colabkit: detached from {RUN}; it goes on (`colabkit attach` shows it again)" in "".join(seen)  # not a notebook
     assert writer.poll() is None and psutil.Process(writer.pid).status() != psutil.STATUS_ZOMBIE
     assert _tell(writer, "write 1") == "wrote\n"  # the run goes on as before
     assert json.loads((folder / "summary.json").read_text())["status"] == "running"
