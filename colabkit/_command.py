@@ -18,7 +18,7 @@ from typing import Any
 from . import _display, _files, _notebook, _procs, _ranks, _rundir, _runtime, _secrets
 from .errors import ColabkitError, ScriptNotFound
 
-__all__ = ["Launch", "collect", "framework_peaks", "homes", "peaks", "prepare", "resolve_script"]
+__all__ = ["Launch", "collect", "framework_peaks", "homes", "peaks", "prepare", "resolve_script", "script_args"]
 
 RANK_REPORT = ".framework-rank{rank}.json"  # each rank's torch peaks ($RANK filled in by the bootstrap)
 
@@ -178,6 +178,31 @@ def homes(spec: Any, rt: _runtime.Runtime, project: Path | None, workdir: Path) 
             ckpt_base = _kaggle.writable_home(ckpt_base)
     root = spec.log_dir if spec.log_dir.is_absolute() else base / spec.log_dir
     return root, Path(os.path.abspath(ckpt_base / checkpoint_folder(spec)))
+
+
+def script_args(spec: Any, rt: _runtime.Runtime, workdir: Path, ckpt_dir: Path) -> tuple[str, ...]:
+    """The script's arguments as it gets them: on a read-only Kaggle dataset, a relative output-folder argument
+    (``--out_dir out``) points at the folder in ``/kaggle/working`` that colabkit also looks in for checkpoints
+    (said once), so the script's saves can be written and a resume finds them."""
+    args = tuple(spec.args)
+    if not rt.is_kaggle or spec.checkpoint_dir is not None:
+        return args
+    from . import _kaggle, _resume
+
+    found = _resume.output_dir(args)
+    if found is None or Path(found[1]).is_absolute() or not _kaggle.is_input(workdir):
+        return args
+    flag, value = found
+    out = list(args)
+    for i in range(len(out) - 1, -1, -1):  # the last one given wins, as in argparse
+        if out[i] == f"{flag}={value}":
+            out[i] = f"{flag}={ckpt_dir}"
+            break
+        if out[i] == flag and i + 1 < len(out) and out[i + 1] == value:
+            out[i + 1] = str(ckpt_dir)
+            break
+    _display.note(f"colabkit: {workdir} is a read-only Kaggle dataset: the script gets {flag} {ckpt_dir} instead of {value}")
+    return tuple(out)
 
 
 def checkpoint_folder(spec: Any) -> Path:

@@ -243,7 +243,7 @@ class _Run:
             _display.note(f"colabkit: could not look for processes of earlier runs in {root}: {exc}")
         if rt.time_left_s is not None:
             _display.note(
-                f"colabkit: VM up {_format.format_duration(rt.uptime_s or 0)} of "
+                f"colabkit: {'Kaggle session' if rt.is_kaggle else 'VM'} up {_format.format_duration(rt.uptime_s or 0)} of "
                 f"~{_format.format_duration(rt.vm_limit_s or 0)}; about {_format.format_duration(rt.time_left_s)} left"
             )
         self.ckpt_dir = ckpt_dir
@@ -251,7 +251,7 @@ class _Run:
         start = decide(at, resume=spec.resume, resume_arg=spec.resume_arg, surface=spec.surface)
         if start.note:  # what is resumed, or that a checkpoint is there that this run may overwrite: before it starts
             _display.note(start.note)
-        resumed_from, args = start.resumed_from, (*spec.args, *start.tokens)
+        resumed_from, args = start.resumed_from, (*_command.script_args(spec, rt, workdir, ckpt_dir), *start.tokens)
         self.shown_args = launch.mask(redact(args))
         self.remote = _rundir.new_run_dir(root, script_path.stem)  # the run folder as users see it
         self.keeper = Keeper(self.remote, clock=self.clock, heartbeat_s=spec.heartbeat_s, write_summary=self._write_summary)

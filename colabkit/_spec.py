@@ -224,6 +224,13 @@ class RunSpec:
                     else f"resume_arg={resume_arg!r} needs resume=True and the arguments that make the script "
                     "resume, e.g. run(..., resume=True, resume_arg='--resume {path}') or resume_arg='--init_from=resume'"
                 )
+            text = resume_arg if isinstance(resume_arg, str) else " ".join(resume_arg)
+            other = sorted(set(re.findall(r"\{[^{}]*\}", text)) - {"{path}"})
+            if other:  # "{pth}" would reach the script as it is, and it would start fresh over its checkpoint
+                raise ValueError(
+                    f"{'--resume-arg ' if cli else 'resume_arg='}{text!r}: {', '.join(other)} is not filled in by "
+                    "colabkit; write {path} where the checkpoint's path goes (or no placeholder at all)"
+                )
         if given.get("find_batch"):
             from ._fit import BATCH_FLAGS, find_batch_arg
 

@@ -183,6 +183,31 @@ def test_a_dataset_projects_runs_and_checkpoints_land_in_the_working_folder(kagg
     assert out.count("is a read-only Kaggle dataset: runs and checkpoints go to") == 1  # said once
 
 
+def test_a_dataset_scripts_own_output_folder_is_written_and_resumed_in_the_working_folder(kaggle, capsys):
+    """nanoGPT-style ``--out_dir out`` from a read-only dataset: the script writes where colabkit looks."""
+    import colabkit
+
+    dataset = kaggle.dataset("my-code")
+    (dataset / "ngpt.py").write_text(
+        "import os, sys\n"
+        "out = sys.argv[sys.argv.index('--out_dir') + 1]\n"
+        "start = int(open(os.path.join(out, 'ckpt.pt')).read()) if '--init_from=resume' in sys.argv else 0\n"
+        "os.makedirs(out, exist_ok=True)\n"
+        "for it in range(start, start + 3):\n"
+        "    print('iter', it, flush=True)\n"
+        "open(os.path.join(out, 'ckpt.pt'), 'w').write(str(start + 3))\n"
+    )
+    colabkit.setup("my-code", gpu=False)
+    first = colabkit.run("ngpt.py", "--out_dir", "out", monitor=False)
+    assert (kaggle.working / "out" / "ckpt.pt").read_text() == "3" and not (dataset / "out").exists()
+    said = f"colabkit: {dataset} is a read-only Kaggle dataset: the script gets --out_dir {kaggle.working / 'out'} instead of out"
+    assert said in capsys.readouterr().out
+    assert first.args == ("--out_dir", str(kaggle.working / "out"))
+    again = colabkit.run("ngpt.py", "--out_dir", "out", resume=True, resume_arg="--init_from=resume", monitor=False)
+    assert again.resumed_from == kaggle.working / "out" / "ckpt.pt"
+    assert again.log_path.read_text().splitlines() == ["iter 3", "iter 4", "iter 5"]  # on from the first run's end
+
+
 def test_runs_of_the_working_folder_land_in_its_runs_folder(kaggle):
     import colabkit
 

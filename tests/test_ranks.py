@@ -584,10 +584,11 @@ def test_two_gpus_show_one_line_each_and_the_summary_keeps_each_gpus_and_each_ra
     peaks = {row["rank"]: row for row in summary["ranks"]["peaks"]}
     assert {rank: row["peak_gpu_bytes"] for rank, row in peaks.items()} == {0: 700 * MIB, 1: 900 * MIB}
     assert {row["pid"] for row in peaks.values()} == set(_rank_pids(ranks_proj))
-    shown = [s.splitlines() for s in statuses if s.startswith("GPU0 ")]
+    # while the ranks run: one line per GPU, then the RAM and the time (once they are gone there is no RAM to show)
+    shown = [s.splitlines() for s in statuses if s.startswith("GPU0 ") and "\nRAM " in s]
     assert shown, statuses[-3:]
     last = shown[-1]
-    assert len(last) == 3, last  # one line per GPU, then the RAM and the time
+    assert len(last) == 3, last
     assert last[0].startswith("GPU0 3.0 GiB/15.0 GiB · peak 3.0 GiB · util 80% · 60°C")
     assert last[1].startswith("GPU1 5.0 GiB/15.0 GiB · peak 5.0 GiB · util 90% · 65°C")
     assert last[2].startswith("RAM ")

@@ -104,6 +104,12 @@ def test_bad_arguments_are_refused_before_anything_starts(proj):
         run("x.py", resume_arg="--init_from=resume")  # a template without {path} is fine, resume=False is not
     with pytest.raises(ValueError, match=r"resume_arg=\('--ckpt_path', '\{path\}'\) needs resume=True"):
         run("x.py", resume_arg=["--ckpt_path", "{path}"])
+    with pytest.raises(ValueError) as info:  # a typo would reach the script as it is: it would start over
+        run("x.py", resume=True, resume_arg="--resume {pth}")
+    assert str(info.value) == (
+        "resume_arg='--resume {pth}': {pth} is not filled in by colabkit; write {path} where the checkpoint's path "
+        "goes (or no placeholder at all)"
+    )
     assert not (proj / "runs").exists()
 
 
