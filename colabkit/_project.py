@@ -81,17 +81,28 @@ def _candidates(folder: Path, name: str) -> tuple[str, ...]:
     return tuple(lowered + close)[:5]
 
 
+def _on_drive(folder: Path) -> bool:
+    """Whether ``folder`` is on a FUSE mount (Drive through DriveFS or ocamlfuse), from the mount table alone."""
+    from . import _mounts
+
+    found = _mounts.mount_of(Path(os.path.abspath(folder)))
+    return found is not None and found.fstype.startswith("fuse")
+
+
 def _not_found(path: Path, shown: str) -> ProjectNotFound:
     candidates = _candidates(path.parent, path.name)
     if candidates:
         hint = (
             f"Did you mean {' or '.join(repr(c) for c in candidates)}? Pass that name to colabkit.project()."
         )
-    else:
+    elif _on_drive(path.parent):
+        where = "in the Files pane or " if _runtime.detect_runtime().is_colab else ""
         hint = (
-            f"Upload the project folder to {path.parent} (drag it into My Drive in the Files pane or at "
-            "drive.google.com), or pass an absolute path."
+            f"Upload the project folder to {path.parent} (drag it into My Drive {where}at drive.google.com), "
+            "or pass an absolute path."
         )
+    else:  # a local folder standing in for Drive (off Colab), or a plain folder
+        hint = f"Copy the project folder into {path.parent}, or pass an absolute path."
     return ProjectNotFound(
         f"project folder {shown!r} not found: {path} does not exist", hint, path=path, candidates=candidates
     )

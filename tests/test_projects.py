@@ -60,10 +60,22 @@ def test_not_found_lists_the_closest_names(mydrive):
     assert _project.current_project() is None
 
 
-def test_not_found_without_close_names_says_to_upload(mydrive):
+def test_not_found_without_close_names_says_where_to_put_it(mydrive):
     with pytest.raises(ProjectNotFound) as info:
         colabkit.project("/nowhere/at/all")
-    assert info.value.candidates == () and "Upload the project folder" in info.value.hint
+    # a local folder, not Drive: no Files pane, no drive.google.com
+    assert info.value.candidates == () and info.value.hint == "Copy the project folder into /nowhere/at, or pass an absolute path."
+
+
+@pytest.mark.fuse
+def test_not_found_on_drive_says_to_upload_it(vm):
+    colabkit.mount()
+    with pytest.raises(ProjectNotFound) as info:
+        colabkit.project("nothing-like-it")
+    assert info.value.hint == (
+        f"Upload the project folder to {vm.mountpoint / 'MyDrive'} (drag it into My Drive in the Files pane or at "
+        "drive.google.com), or pass an absolute path."
+    )
 
 
 def test_a_file_is_not_a_project(mydrive):
