@@ -141,9 +141,15 @@ def _pick(run: Any, project: Any, log_dir: str) -> RunInfo:
         return _history.read_run(run.path)
     if run is not None and os.path.isabs(os.fspath(run)):
         return _history.read_run(Path(os.fspath(run)))
-    listed = _history.runs(project, log_dir=log_dir)
+    try:
+        listed = _history.runs(project, log_dir=log_dir)
+    except ColabkitError:  # Drive is dead, hung or not mounted: a run writing on this VM's disk first goes on
+        here = _running_here(_history._project_path(project) / log_dir)
+        if run is None and here:
+            return here[-1]
+        raise
     if run is None:
-        running = [r for r in listed if r.status == "running"]
+        running = [r for r in listed if r.status == "running"] or _running_here(listed.folder)
         if not running:
             recent = ", ".join(f"{r.name} ({r.status})" for r in list(listed)[-3:]) or "none yet"
             raise ColabkitError(
@@ -164,6 +170,25 @@ def _pick(run: Any, project: Any, log_dir: str) -> RunInfo:
         "Pass the run's full name as colabkit.runs() lists it.",
         cli_hint="Pass the run's full name as `colabkit runs` lists it.",
     )
+
+
+def _running_here(runs_folder: Path) -> list[RunInfo]:
+    """Runs of ``runs_folder`` still running in their local folders on this machine (their Drive copy may not
+    show them: Drive died, or has not caught up), oldest first."""
+    try:
+        locals_ = sorted(_mirror.local_base().iterdir())
+    except OSError:
+        return []
+    found = []
+    for local in locals_:
+        marker = _files.read_json(local / _mirror.MARKER)
+        remote = Path(str(marker.get("remote", ""))) if isinstance(marker, dict) else None
+        if remote is None or remote.parent != runs_folder:
+            continue
+        info = _history.read_run(remote, source=local)  # named as users see it, read from this machine
+        if info.status == "running":
+            found.append(info)
+    return found
 
 
 def _over(folder: Path, boot_id: str) -> bool:

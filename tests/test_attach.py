@@ -217,3 +217,34 @@ def test_live_status_is_rewritten_at_most_once_a_second(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [".live.json"]
     live.close()
     assert _attach.read_live(tmp_path) is None
+
+
+def test_a_run_writing_on_this_machine_is_found_while_its_drive_folder_cannot_be_read(tmp_path, capsys):
+    """Drive died under a local-first run (and could not be remounted): its folder on Drive shows nothing, or
+    cannot be read at all; the run, writing on this machine's disk, is still the one attach() follows."""
+    from colabkit import _mirror
+
+    project = tmp_path / "proj"
+    (project / "runs").mkdir(parents=True)  # the Drive side: empty, as a bare mountpoint shows it
+    remote = project / "runs" / RUN
+    local = _mirror.local_dir(remote)
+    local.mkdir(parents=True)
+    (local / _mirror.MARKER).write_text(json.dumps({"remote": str(remote), "created": time.time()}))
+    (local / "output.log").write_text("".join(f"line {i}\n" for i in range(30)))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(local), _runtime.boot_id(), "30"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env(),
+    )
+    try:
+        assert writer.stdout.readline() == "ready\n"
+        stop = threading.Event()
+        stop.set()  # detach at once: only which run it picked matters here
+        info = _attach.attach(project=project, stop=stop)
+        assert (info.name, info.path, info.status) == (RUN, remote, "running")
+        assert _attach.follow_dir(info) == local
+        assert "line 29" in capsys.readouterr().out
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdin.close()
+        writer.stdout.close()
