@@ -256,8 +256,12 @@ class Mirror:
         """One pass from now, waited for up to ``timeout_s`` (a pass already running, and a remount of a dead
         Drive, are waited for first). Returns whether Drive now holds everything there is here.
         """
-        if self.state == "hung" and not self._answers():
-            return False  # known hung and still hung (asked with the probe's deadline): no pass could get through
+        if (self.state == "hung" or self._child is not None) and not self._answers():
+            # hung (known, or a pass still out when the mount stopped answering), asked with the probe's deadline:
+            # no pass could get through, so none is waited for
+            if self._child is not None:
+                self._hung(self.clock())
+            return False
         deadline = self.clock() + timeout_s
         self._wait_remount(deadline)
         self._wait(deadline)

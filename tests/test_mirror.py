@@ -194,3 +194,24 @@ def test_a_hung_drive_ends_the_pass_at_its_deadline_and_the_copy_resumes(on_driv
     assert mirror.sync(10.0) is True
     assert (remote / "output.log").read_bytes() == b"before\nduring\n"
     assert said[-1].startswith("colabkit: Drive answers again")
+
+
+@pytest.mark.fuse
+def test_the_last_copy_does_not_wait_for_a_pass_stuck_in_a_drive_that_just_hung(on_drive, vm):
+    """Stop right after Drive hung: a pass is still out, nothing has failed yet; the last copy asks the mount
+    (a 2 s probe) instead of waiting for that pass for its whole timeout."""
+    mirror, said, _ = on_drive
+    local = mirror.local
+    _summary(local)
+    (local / "output.log").write_bytes(b"before\n")
+    assert mirror.sync(10.0) is True
+    with hung_fuse(vm.mountpoint):
+        with open(local / "output.log", "ab") as f:
+            f.write(b"during\n")
+        mirror._next = 0.0  # a pass is due: the loop's next turn starts it, and it blocks in the hung mount
+        mirror.tick(mirror.clock())
+        assert mirror._child is not None and mirror.state == "live"
+        started = time.monotonic()
+        assert mirror.sync(60.0) is False
+        assert time.monotonic() - started < 10.0 and mirror._child is None
+    assert mirror.sync(10.0) is True and (mirror.remote / "output.log").read_bytes() == b"before\nduring\n"
