@@ -492,6 +492,11 @@ def _timeout_error(point: Path, attempts: Attempts, shares: list[float], *, driv
         )
         cli_hint = hint.replace("colabkit.mount(timeout=900)", "colabkit mount --timeout 900")
         what = "while reading the My Drive root"
+    elif _runtime.detect_runtime().front_end == "vscode":  # its consent dialog, not a popup, went unanswered
+        from . import _frontend
+
+        hint = cli_hint = f"VS Code's consent dialog was not answered in time. {_frontend.mount_fix('vscode', str(point))[0]}"
+        what = "before Drive was mounted"
     else:
         hint = (
             "Drive did not answer in time: run the cell again, and answer the sign-in popup if one appears. "

@@ -291,3 +291,16 @@ def test_setup_in_vscode_mounts_first_and_skips_colab_secrets_at_once(vm, monkey
         assert "hf_from_the_environment_5678" not in out
     finally:
         colabkit.flush()
+
+
+def test_a_mount_that_times_out_in_vscode_names_its_dialog_not_a_browser_popup(monkeypatch, tmp_path):
+    from colabkit import _drive, _remount
+
+    monkeypatch.setenv("COLABKIT_FRONTEND", "vscode")
+    err = _drive._timeout_error(tmp_path / "drive", _remount.Attempts(240.0), [120.0, 120.0], drivefs=False)
+    assert err.reason == "timeout" and err.message.endswith("before Drive was mounted (timeout=240 s in all)")
+    assert err.hint.startswith("VS Code's consent dialog was not answered in time. VS Code asks \"Permit ...")
+    assert "Runtime → Restart session" not in err.hint and "popup" not in err.hint
+    monkeypatch.setenv("COLABKIT_FRONTEND", "browser")
+    err = _drive._timeout_error(tmp_path / "drive", _remount.Attempts(240.0), [120.0, 120.0], drivefs=False)
+    assert err.hint.startswith("Drive did not answer in time: run the cell again, and answer the sign-in popup")
