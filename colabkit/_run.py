@@ -389,6 +389,7 @@ class _Run:
             "machine": _files.machine_tag(),
             "launcher": os.getpid(),
             "mask": sorted(self.launch.secrets.env()) if self.launch is not None else [],  # names; values in its env
+            "spare_group": self.launch is not None and self.launch.ranks is not None,  # torchrun's agent: see _supervisor
             # if this process dies: a budget's SIGTERM and its grace (the script's save contract), else Stop's sequence
             "first": "term" if plan is not None else "int",
             "waits": {

@@ -142,14 +142,17 @@ def descendants(root: int) -> dict[int, int]:
     return out
 
 
-def signal_run(group: int, sig: int) -> bool:
+def signal_run(group: int, sig: int, *, spare_group: bool = False) -> bool:
     """``sig`` to the script's group and to every other descendant, each once; whether any was left.
 
     The group is signalled as one (``killpg``: atomic for its members) only while one of them is still a
-    descendant: an emptied group's number may belong to someone else's process by now.
+    descendant: an emptied group's number may belong to someone else's process by now. With ``spare_group``
+    (torchrun: its group is the agent alone, each rank has a session of its own) SIGINT and SIGTERM reach the
+    ranks only: the agent, signalled, would SIGTERM them at once (cutting their save short) and exit 1 even
+    when they saved and exited 0; it ends by itself when they have, and SIGKILL reaches it too.
     """
     left = descendants(os.getpid())
-    if any(pgid == group for pgid in left.values()):
+    if any(pgid == group for pgid in left.values()) and not (spare_group and sig != signal.SIGKILL):
         with contextlib.suppress(OSError):
             os.killpg(group, sig)
     for pid, pgid in left.items():
@@ -181,6 +184,7 @@ class Supervisor:
         self.log: int | None = None
         self.buffer = b""
         self.mask = _Mask(list(config.get("mask", ())))
+        self.spare = bool(config.get("spare_group"))  # torchrun: INT and TERM go to the ranks, not the agent
 
     # -- talking to the launcher ---------------------------------------------------------------------
     def send(self, line: str) -> None:
@@ -212,7 +216,7 @@ class Supervisor:
                 self.deadline = time.monotonic() + max(0.0, float(parts[2]))
                 if self.step == "kill" and self.killing_since is None:
                     self.killing_since = time.monotonic()
-                signal_run(self.pid, STEPS[self.step])
+                signal_run(self.pid, STEPS[self.step], spare_group=self.spare)
 
     # -- the launcher is gone ------------------------------------------------------------------------
     def orphan(self) -> None:
@@ -271,7 +275,7 @@ class Supervisor:
         self.deadline = time.monotonic() + float(waits[step])
         if step == "kill" and self.killing_since is None:
             self.killing_since = time.monotonic()
-        signal_run(self.pid, STEPS[step])
+        signal_run(self.pid, STEPS[step], spare_group=self.spare)
 
     def advance(self) -> None:
         """Move this process's own stop sequence on (only once the launcher is gone)."""

@@ -347,6 +347,14 @@ _RANKS = textwrap.dedent(
     if mode in ("fail", "forever"):
         while True:
             time.sleep(0.05)
+    if mode == "save":  # the checkpoint contract: SIGTERM sets a flag, the loop saves and the rank exits 0
+        import signal
+        stop = []
+        signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+        while not stop:
+            time.sleep(0.05)
+        print(f"rank {rank} saved", flush=True)
+        raise SystemExit(0)
     dist.barrier()
     dist.destroy_process_group()
     print(f"rank {rank} done", flush=True)
@@ -464,6 +472,21 @@ def test_a_timeout_ends_every_rank(ranks_proj):
     assert len(pids) == 2 and all(_gone(pid) for pid in pids)
     assert _left_in(ranks_proj) == []
     assert "[rank0]:rank 0 ready\n" in r.log_path.read_text()
+
+
+@needs_torch
+def test_ranks_that_save_and_exit_0_on_the_budgets_sigterm_are_stopped_not_failed(ranks_proj):
+    """SIGTERM goes to the ranks, not to torchrun's agent: signalled, the agent would SIGTERM them at once and
+    exit 1 although they saved and exited 0."""
+    import colabkit
+
+    r = colabkit.run("train.py", "save", nproc=2, budget="12s", grace=6, check=False, monitor=False)
+    log = r.log_path.read_text()
+    assert "[rank0]:rank 0 saved\n" in log and "[rank1]:rank 1 saved\n" in log
+    assert (r.status, r.reason, r.returncode) == ("stopped", "budget", 0), log[-2000:]
+    assert "it exited 0 on SIGTERM, before the end of its work" in r.error().message
+    assert "SignalException" not in log
+    assert _left_in(ranks_proj) == []
 
 
 @needs_torch
