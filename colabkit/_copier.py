@@ -25,6 +25,10 @@ import secrets
 import stat
 import sys
 
+TYPE_CHECKING = False  # typing is not imported at run time: this process starts every few seconds
+if TYPE_CHECKING:
+    from typing import BinaryIO
+
 GROWING = frozenset({"output.log", "metrics.csv", "steps.csv"})  # only ever appended to by the run
 KEEP_HIDDEN = frozenset({".ending.json"})  # the supervisor's ending: runs() applies it to the summary
 SUMMARY = "summary.json"
@@ -62,30 +66,28 @@ def _remote(path: str) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
+def _pump(fin: BinaryIO, fout: BinaryIO, left: int) -> None:
+    """Copy at most ``left`` bytes from ``fin`` to ``fout`` in chunks (less if ``fin`` ends first)."""
+    while left > 0:
+        data = fin.read(min(_CHUNK, left))
+        if not data:
+            break
+        fout.write(data)
+        left -= len(data)
+
+
 def _append(src: str, dst: str, start: int, end: int) -> None:
     with open(src, "rb") as fin, open(dst, "r+b") as fout:
         fin.seek(start)
         fout.seek(start)
-        left = end - start
-        while left > 0:
-            data = fin.read(min(_CHUNK, left))
-            if not data:
-                break
-            fout.write(data)
-            left -= len(data)
+        _pump(fin, fout, end - start)
 
 
 def _replace(src: str, dst: str, size: int, machine: str) -> None:
     temp = _temp(dst, machine)
     try:
         with open(src, "rb") as fin, open(temp, "wb") as fout:
-            left = size
-            while left > 0:
-                data = fin.read(min(_CHUNK, left))
-                if not data:
-                    break
-                fout.write(data)
-                left -= len(data)
+            _pump(fin, fout, size)
         os.replace(temp, dst)
     except BaseException:
         with contextlib.suppress(OSError):
