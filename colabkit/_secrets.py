@@ -410,10 +410,8 @@ def _not_found(name: str, tried: tuple[tuple[str, str], ...], rt: _runtime.Runti
     said = "; ".join(f"{_WHERE.get(s, '.env')}: {why}" for s, why in tried)
     dotenv = dotenv_path(project if project is not None else _project_path())
     file = str(dotenv) if dotenv is not None else "a .env file in the project folder"
-    by_hand = (
-        f"or put {name}=... in {file} (chmod 600 it; colabkit reads it, never copies or commits it), or set "
-        f"os.environ[{name!r}] = getpass.getpass() in a cell"
-    )
+    in_file = f"or put {name}=... in {file} (chmod 600 it; colabkit reads it, never copies or commits it)"
+    by_hand = f"{in_file}, or set os.environ[{name!r}] = getpass.getpass() in a cell"
     no_access = any(s == "colab" and "no access" in why for s, why in tried)
     if rt.is_kaggle:
         hint = (
@@ -436,6 +434,8 @@ def _not_found(name: str, tried: tuple[tuple[str, str], ...], rt: _runtime.Runti
     else:
         hint = f"Set it in the environment (export {name}=...) {by_hand}."
     cli_hint = hint.replace(f"os.environ[{name!r}] = getpass.getpass() in a cell", f"export {name}=... first")
+    if not rt.is_colab and not rt.is_kaggle:  # the terminal's way is said first already: once is enough
+        cli_hint = f"Set it in the environment (export {name}=... first) {in_file}."
     return SecretNotFound(f"secret {name} was not found ({said})", hint, name=name, tried=tried, cli_hint=cli_hint)
 
 
